@@ -1,0 +1,309 @@
+"""The Ray actor: loads one model once, then transcribes, writes and commits whole shards.
+
+Ray Data turns `ShardWorker` (a callable class given to `map_batches`) into a pool of
+actors; each asks Ray for `threads` CPUs and runs CTranslate2 with as many threads.
+A bad file becomes a `failed` row and its shard still commits; storage and programming
+errors raise, and the shard is retried or left for the next run.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import audio, models
+from pipeline.config import WhisperOptions
+from pipeline.schema import STATUSES, files_table, segments_table
+from pipeline.store import OutputStore
+from pipeline.transcriber import Transcriber, Transcript
+
+logger = logging.getLogger(__name__)
+
+# Plan columns that describe the unit itself; any other column came from a manifest.
+PLAN_COLUMNS = ("shard", "unit_id", "uri", "size_bytes", "est_audio_s", "start_s", "end_s")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every actor needs; built once on the driver."""
+
+    output: str
+    whisper: WhisperOptions
+    threads: int
+    model_name: str
+    model_sha256: str
+    fingerprint: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What the driver learns of one shard, for progress and the summary."""
+
+    shard: int
+    attempt: int
+    skipped: bool
+    committed: bool
+    units: int
+    ok: int
+    no_speech: int
+    failed: int
+    audio_s: float
+    wall_s: float
+    node: str
+
+
+def encode_units(table: pa.Table) -> bytes:
+    """A shard's plan rows as Arrow IPC bytes: types (manifest columns too) survive the trip."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def decode_units(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all()
+
+
+def node_name() -> str:
+    """`host/ray-node-id-prefix`: several Ray nodes may share one host."""
+    host = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{host}/{ray.get_runtime_context().get_node_id()[:8]}"
+    except ImportError:
+        pass
+    return host
+
+
+def load_transcriber(config: WorkerConfig) -> Transcriber:
+    """Resolve the model on this node, check it is the one the job planned with, load it."""
+    model = models.resolve(config.model_name)
+    if model.sha256 != config.model_sha256:
+        raise models.ModelError(
+            f"model {config.model_name!r} on {socket.gethostname()} has sha256 {model.sha256}, "
+            f"but the job was planned with {config.model_sha256}"
+        )
+    return Transcriber(model.path, config.whisper, config.threads)
+
+
+class ShardWorker:
+    """A Ray Data callable class: one model per actor, one shard per call."""
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.transcriber = load_transcriber(config)
+        self.store = OutputStore(config.output, config.storage_options)
+        self.node = node_name()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [
+            process_shard(shard, decode_units(blob), self.transcriber, self.store, self.config, self.node)
+            for shard, blob in zip(batch.column("shard").to_pylist(), batch.column("units").to_pylist())
+        ]
+        return pa.Table.from_pylist([asdict(r) for r in results])
+
+
+def process_shard(
+    shard: int,
+    units: pa.Table,
+    transcriber: Transcriber,
+    store: OutputStore,
+    config: WorkerConfig,
+    node: str,
+) -> ShardResult:
+    """Transcribe every unit of `shard`, write both parts, then commit the shard."""
+    marker = store.read_marker(shard)
+    if marker is not None:
+        # At-least-once execution: an earlier attempt already committed this shard.
+        return _result_from_marker(shard, marker, skipped=True)
+    attempt = store.next_attempt(shard)
+    started = time.time()
+    file_rows: list[dict[str, Any]] = []
+    segment_rows: list[dict[str, Any]] = []
+    for unit in units.select(["unit_id", "uri", "size_bytes", "start_s", "end_s"]).to_pylist():
+        row, segments = transcribe_unit(unit, shard, transcriber, config, attempt=attempt, node=node)
+        file_rows.append(row)
+        segment_rows.extend(segments)
+    extra = units.drop_columns([c for c in units.column_names if c in PLAN_COLUMNS])
+    files = files_table(file_rows, extra if extra.num_columns else None)
+    parts = {
+        "segments": store.write_part("segments", shard, segments_table(segment_rows)),
+        "files": store.write_part("files", shard, files),
+    }
+    counts = {s: sum(r["status"] == s for r in file_rows) for s in STATUSES}
+    finished = time.time()
+    marker = {
+        "shard": shard,
+        "attempt": attempt,
+        "fingerprint": config.fingerprint,
+        "node": node,
+        "parts": parts,
+        "units": len(file_rows),
+        "statuses": counts,
+        "audio_s": sum(r["duration_s"] or 0.0 for r in file_rows),
+        "decode_s": sum(r["decode_s"] or 0.0 for r in file_rows),
+        "transcribe_s": sum(r["transcribe_s"] or 0.0 for r in file_rows),
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "wall_s": finished - started,
+    }
+    committed = store.commit(shard, marker)
+    return _result_from_marker(shard, marker, skipped=False, committed=committed)
+
+
+def _result_from_marker(shard: int, marker: dict[str, Any], skipped: bool, committed: bool = False) -> ShardResult:
+    statuses = marker["statuses"]
+    return ShardResult(
+        shard=shard,
+        attempt=marker["attempt"],
+        skipped=skipped,
+        committed=committed,
+        units=marker["units"],
+        ok=statuses.get("ok", 0),
+        no_speech=statuses.get("no_speech", 0),
+        failed=statuses.get("failed", 0),
+        audio_s=marker["audio_s"],
+        wall_s=marker["wall_s"],
+        node=marker["node"],
+    )
+
+
+def transcribe_unit(
+    unit: dict[str, Any],
+    shard: int,
+    transcriber: Transcriber,
+    config: WorkerConfig,
+    *,
+    attempt: int,
+    node: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Decode and transcribe one unit; returns its `files` row and its segment rows.
+
+    Every failure that belongs to this file (missing, unreadable, not audio, no audio
+    stream, rejected by the model) becomes a `failed` row with its type and message.
+    """
+    row: dict[str, Any] = {
+        "unit_id": unit["unit_id"],
+        "uri": unit["uri"],
+        "shard": shard,
+        "status": "failed",
+        "error_type": None,
+        "error_message": None,
+        "attempts": attempt,
+        "size_bytes": unit["size_bytes"],
+        "duration_s": None,
+        "language": None,
+        "language_probability": None,
+        "segments": 0,
+        "decode_s": None,
+        "transcribe_s": None,
+        "rtfx": None,
+        "node": node,
+        "model": config.model_name,
+        "compute_type": config.whisper.compute_type,
+        "cpu_threads": config.threads,
+        "finished_at": None,
+    }
+    t0 = time.perf_counter()
+    try:
+        samples = audio.decode(
+            unit["uri"], start_s=unit["start_s"] or 0.0, end_s=unit["end_s"], storage_options=config.storage_options
+        )
+    except audio.DecodeError as exc:
+        return _failed(row, exc.error_type, str(exc), t0), []
+    except FileNotFoundError as exc:
+        return _failed(row, "not_found", f"{unit['uri']}: {exc.strerror or exc}", t0), []
+    except PermissionError as exc:
+        return _failed(row, "permission_denied", f"{unit['uri']}: {exc.strerror or exc}", t0), []
+    except IsADirectoryError as exc:
+        return _failed(row, "not_a_file", f"{unit['uri']}: {exc.strerror or exc}", t0), []
+    t1 = time.perf_counter()
+    row["decode_s"] = t1 - t0
+    row["duration_s"] = len(samples) / audio.SAMPLE_RATE
+    if len(samples) == 0:
+        return _finish(row, "no_speech"), []
+    try:
+        transcript = transcriber.transcribe(samples)
+    except (RuntimeError, ValueError) as exc:
+        # CTranslate2 and faster-whisper report a bad input this way; anything else is ours.
+        logger.exception("transcription of %s failed", unit["uri"])
+        row["transcribe_s"] = time.perf_counter() - t1
+        return _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}", t0), []
+    row["transcribe_s"] = time.perf_counter() - t1
+    segments = speech_segments(transcript, config.whisper)
+    if not segments:
+        return _finish(row, "no_speech"), []
+    row["language"] = transcript.language
+    row["language_probability"] = transcript.language_probability
+    row["segments"] = len(segments)
+    offset = unit["start_s"] or 0.0
+    seg_rows = [
+        {
+            "unit_id": unit["unit_id"],
+            "uri": unit["uri"],
+            "shard": shard,
+            "segment": i,
+            "start": offset + s.start,
+            "end": offset + s.end,
+            "text": s.text,
+            "avg_logprob": s.avg_logprob,
+            "no_speech_prob": s.no_speech_prob,
+            "compression_ratio": s.compression_ratio,
+            "temperature": s.temperature,
+            "language": transcript.language,
+            "words": None if s.words is None else [
+                {"start": offset + w.start, "end": offset + w.end, "word": w.word, "probability": w.probability}
+                for w in s.words
+            ],
+        }
+        for i, s in enumerate(segments)
+    ]
+    return _finish(row, "ok"), seg_rows
+
+
+def speech_segments(transcript: Transcript, options: WhisperOptions) -> tuple:
+    """The transcript's segments, or none if every one is likely not speech.
+
+    See `WhisperOptions` for the rule and the measurements behind its thresholds.
+    """
+    segments = transcript.segments
+    if segments and all(
+        s.no_speech_prob >= options.unit_no_speech_threshold
+        and (s.avg_logprob < options.unit_logprob_threshold or s.temperature > 0)
+        for s in segments
+    ):
+        return ()
+    return segments
+
+
+def _failed(row: dict[str, Any], error_type: str, message: str, t0: float) -> dict[str, Any]:
+    row["error_type"] = error_type
+    row["error_message"] = message
+    if row["decode_s"] is None:
+        row["decode_s"] = time.perf_counter() - t0
+    return _finish(row, "failed")
+
+
+def _finish(row: dict[str, Any], status: str) -> dict[str, Any]:
+    row["status"] = status
+    duration = row["duration_s"]
+    busy = (row["decode_s"] or 0.0) + (row["transcribe_s"] or 0.0)
+    if duration and busy > 0:
+        row["rtfx"] = duration / busy
+    row["finished_at"] = datetime.now(timezone.utc)
+    return row
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+

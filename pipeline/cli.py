@@ -1,0 +1,137 @@
+"""The `bulkscribe` command: parse arguments, build a JobSpec, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipeline.config import ActorOptions, JobSpec, WhisperOptions
+
+
+def _storage_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, true/false, JSON objects
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bulkscribe",
+        description="Transcribe large audio collections with faster-whisper on Ray into resumable Parquet.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="transcribe inputs into an output folder (resumes what is there)")
+    add_run_arguments(run)
+
+    status = sub.add_parser("status", help="summarise an output folder")
+    status.add_argument("output", help="the output folder or URL")
+    status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
+    sub.add_parser("models", help="list the bundled models and whether they are installed")
+    return parser
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a run; shared by `bulkscribe run` and the Ray job entry point."""
+    d = WhisperOptions()
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="folders (recursive), globs, files or URLs, manifests (.csv .jsonl .parquet .txt with a uri column)")
+    p.add_argument("-o", "--output", required=True, help="output folder or URL (created if missing)")
+    g = p.add_argument_group("model and decoding (changing any of these needs a new output folder)")
+    g.add_argument("--model", default=d.model, help="bundled name (tiny.en, base), a CTranslate2 folder, or a faster-whisper name")
+    g.add_argument("--compute-type", default=d.compute_type, help="CTranslate2 compute type")
+    g.add_argument("--beam-size", type=int, default=d.beam_size, help="beam width; 1 is greedy and faster")
+    g.add_argument("--language", default=None, help="language code; default: detect (English-only models: en)")
+    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
+    g.add_argument("--vad", action=argparse.BooleanOptionalAction, default=d.vad,
+                   help="drop non-speech with Silero VAD first; for long silences or music (default: off)")
+    g.add_argument("--word-timestamps", action="store_true", help="add per-word timings to each segment")
+    r = p.add_argument_group("resources")
+    r.add_argument("--threads", type=int, default=1, help="CPU threads per actor (default 1)")
+    r.add_argument("--actors", type=int, default=None, help="actors in all (default: cluster CPUs / threads)")
+    r.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else start one here)")
+    r.add_argument("--shard-minutes", type=float, default=None,
+                   help="audio per shard in minutes (default: chosen from the collection size)")
+    p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
+                   help="fsspec storage option for inputs and output, e.g. endpoint_url=http://... (repeatable)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show the progress bar (default: when stdout is a terminal)")
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    return JobSpec(
+        inputs=tuple(args.inputs),
+        output=args.output,
+        whisper=WhisperOptions(
+            model=args.model,
+            compute_type=args.compute_type,
+            beam_size=args.beam_size,
+            language=args.language,
+            task=args.task,
+            vad=args.vad,
+            word_timestamps=args.word_timestamps,
+        ),
+        actors=ActorOptions(threads=args.threads, actors=args.actors),
+        address=args.address,
+        storage_options=dict(args.storage_option),
+        shard_audio_s=None if args.shard_minutes is None else args.shard_minutes * 60,
+        progress=args.progress,
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pipeline.report import format_summary
+    from pipeline.run import run
+
+    summary = run(spec_from_args(args))
+    print(format_summary(summary, this_run=True))
+    return 0 if summary.complete else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from pipeline.inputs import InputError
+    from pipeline.models import ModelError
+    from pipeline.run import JobMismatchError
+
+    try:
+        if args.command == "run":
+            return run_command(args)
+        if args.command == "status":
+            from pipeline.report import format_summary, summarize
+            from pipeline.store import OutputStore
+
+            store = OutputStore(args.output, dict(args.storage_option))
+            if store.read_job() is None:
+                raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
+            print(format_summary(summarize(store)))
+            return 0
+        if args.command == "models":
+            from pipeline.models import catalog
+
+            for row in catalog():
+                print(f"{row['name']:<10} {row['description']}\n{'':<10} {row['state']}; model.bin sha256 {row['sha256']}")
+            print("Also accepted: a local CTranslate2 folder, or any faster-whisper name (needs the network).")
+            return 0
+    except (JobMismatchError, ModelError, InputError, FileNotFoundError, ValueError) as exc:
+        print(f"bulkscribe: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

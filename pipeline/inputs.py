@@ -1,0 +1,209 @@
+"""Expand what the user named (folders, globs, URLs, manifest files) into work units.
+
+Everything is reached through fsspec, so local paths, `s3://`, `gs://`, `memory://`
+and chained URLs go through the same code. A unit is one audio source
+`(uri, start_s, end_s)` with a stable `unit_id`; manifest columns other than the
+URI ride along unchanged and end up in the `files` table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+import fsspec
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .wave .flac .mp3 .m4a .aac .ogg .oga .opus .wma .aif .aiff .aifc .amr .ac3 .caf "
+    ".au .ape .wv .mka .spx .mp4 .m4v .mov .mkv .webm .avi .wmv .flv .mpg .mpeg .ts .3gp".split()
+)
+MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".parquet", ".txt"})
+URI_COLUMNS = ("uri", "path")
+# Columns of the `files` table; a manifest column with one of these names is renamed.
+RESERVED_COLUMNS = frozenset(
+    "unit_id uri shard status error_type error_message attempts size_bytes duration_s start_s end_s "
+    "language language_probability segments decode_s transcribe_s rtfx node model compute_type "
+    "cpu_threads finished_at".split()
+)
+_GLOB_CHARS = frozenset("*?[")
+_STAT_THREADS = 16
+
+UNIT_SCHEMA = pa.schema(
+    [
+        ("unit_id", pa.string()),
+        ("uri", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+    ]
+)
+
+
+class InputError(ValueError):
+    """An input names nothing, or a manifest is malformed."""
+
+
+def unit_id(uri: str, start_s: float = 0.0, end_s: float | None = None) -> str:
+    """A stable id for the window `[start_s, end_s)` of `uri`: the same input, the same id."""
+    key = f"{uri}\x00{start_s:.3f}\x00{'' if end_s is None else f'{end_s:.3f}'}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _ext(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def canonical_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Local files as absolute paths, everything else as a full URL (`s3://b/k`)."""
+    return os.path.abspath(fs._strip_protocol(path)) if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """All units the inputs name, deduplicated and sorted by (uri, start_s).
+
+    Args:
+        inputs: folders (walked recursively for audio and video files), globs, single
+            files or URLs, and manifest files (.csv, .jsonl, .parquet, .txt).
+        storage_options: passed to fsspec for every URL.
+
+    Returns:
+        A table with UNIT_SCHEMA's columns first, then any manifest columns.
+
+    Raises:
+        InputError: an input matches nothing, or a manifest is malformed.
+    """
+    storage_options = storage_options or {}
+    tables = []
+    for item in inputs:
+        fs, path = fsspec.core.url_to_fs(item, **storage_options)
+        if _ext(path) in MANIFEST_EXTENSIONS and fs.isfile(path):
+            tables.append(_read_manifest(fs, path))
+        else:
+            files = _list_audio(fs, path, item)
+            tables.append(_units_table([canonical_uri(fs, p) for p in files], list(files.values())))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return _dedupe_sorted(table)
+
+
+def _list_audio(fs: fsspec.AbstractFileSystem, path: str, given: str) -> dict[str, int | None]:
+    """Map each audio file below `path` (a folder, a glob or a file) to its size."""
+    if fs.isdir(path):
+        found = fs.find(path, detail=True)
+    elif fs.isfile(path):
+        # A file named explicitly is taken whatever its extension.
+        return {path: fs.size(path)}
+    elif _GLOB_CHARS & set(path):
+        found = {}
+        for match, info in fs.glob(path, detail=True).items():
+            found.update(fs.find(match, detail=True) if info["type"] == "directory" else {match: info})
+    else:
+        raise InputError(f"no such file or folder: {given}")
+    files = {
+        p: info.get("size")
+        for p, info in found.items()
+        if info.get("type") != "directory"
+        and _ext(p) in AUDIO_EXTENSIONS
+        and not posixpath.basename(p).startswith(".")
+    }
+    if not files:
+        logger.warning("no audio or video files in %s", given)
+    return files
+
+
+def _units_table(uris: list[str], sizes: list[int | None]) -> pa.Table:
+    """Whole-file units for `uris` (canonical), with their sizes."""
+    return pa.table(
+        {
+            "unit_id": [unit_id(u) for u in uris],
+            "uri": uris,
+            "size_bytes": sizes,
+            "start_s": [0.0] * len(uris),
+            "end_s": [None] * len(uris),
+        },
+        schema=UNIT_SCHEMA,
+    )
+
+
+def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    ext = _ext(path)
+    with fs.open(path, "rb") as f:
+        if ext == ".csv":
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(f)
+        elif ext == ".jsonl":
+            import pyarrow.json as pajson
+
+            table = pajson.read_json(f)
+        elif ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(f)
+        else:
+            lines = [ln.strip() for ln in f.read().decode("utf-8").splitlines()]
+            table = pa.table({"uri": [ln for ln in lines if ln and not ln.startswith("#")]})
+    column = next((c for c in URI_COLUMNS if c in table.column_names), None)
+    if column is None:
+        raise InputError(
+            f"manifest {canonical_uri(fs, path)} has no 'uri' or 'path' column "
+            f"(columns: {', '.join(table.column_names) or 'none'})"
+        )
+    raw = table.column(column).to_pylist()
+    if any(not isinstance(v, str) or not v.strip() for v in raw):
+        bad = next(i for i, v in enumerate(raw) if not isinstance(v, str) or not v.strip())
+        raise InputError(f"manifest {canonical_uri(fs, path)}: row {bad + 1} has an empty {column!r}")
+    base = posixpath.dirname(path)
+    targets = [_manifest_target(fs, base, v.strip()) for v in raw]
+    with ThreadPoolExecutor(_STAT_THREADS) as pool:
+        sizes = list(pool.map(_size_or_none, targets))
+    units = _units_table([uri for _, _, uri in targets], sizes)
+    for name in table.column_names:
+        if name == column:
+            continue
+        out_name = f"manifest_{name}" if name in RESERVED_COLUMNS else name
+        if out_name != name:
+            logger.warning("manifest column %r is a reserved name; it is kept as %r", name, out_name)
+        units = units.append_column(out_name, table.column(name))
+    return units
+
+
+def _manifest_target(fs: fsspec.AbstractFileSystem, base: str, value: str):
+    """(filesystem, path, canonical uri) of a manifest entry; relative ones sit beside the manifest."""
+    if "://" in value or value.startswith("/"):
+        target_fs, target_path = fsspec.core.url_to_fs(value, **getattr(fs, "storage_options", {}))
+        if "://" not in value:
+            target_fs = fs if _is_local(fs) else target_fs
+    else:
+        target_fs, target_path = fs, posixpath.normpath(posixpath.join(base, value))
+    return target_fs, target_path, canonical_uri(target_fs, target_path)
+
+
+def _size_or_none(target) -> int | None:
+    # A missing entry is not an error here: it becomes a `failed` row when its shard runs.
+    fs, path, _ = target
+    try:
+        return fs.size(path)
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _dedupe_sorted(table: pa.Table) -> pa.Table:
+    ids = table.column("unit_id").to_pylist()
+    first: dict[str, int] = {}
+    for i, uid in enumerate(ids):
+        first.setdefault(uid, i)
+    if len(first) < len(ids):
+        logger.warning("%d duplicate input(s) dropped (the same uri named twice)", len(ids) - len(first))
+        table = table.take(sorted(first.values()))
+    return table.sort_by([("uri", "ascending"), ("start_s", "ascending")])

@@ -1,0 +1,83 @@
+"""Group sorted units into numbered shards, the units of commit and of retry.
+
+A shard aims at a given amount of audio, estimated from file sizes (decoding every file
+to learn its length would cost as much as the job). The plan is saved once per output
+folder; a rerun that finds new units appends shards after the last number and never
+renumbers, so a committed shard always means the same units.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Rough bytes per second of audio, by container: only used to balance shards.
+_BYTES_PER_S = {
+    ".wav": 32_000, ".wave": 32_000, ".aif": 88_200, ".aiff": 88_200, ".aifc": 88_200, ".au": 32_000,
+    ".flac": 20_000, ".ape": 20_000, ".wv": 20_000, ".caf": 32_000,
+}
+_COMPRESSED_BYTES_PER_S = 16_000  # 128 kbit/s, typical of mp3, aac, ogg; video is larger still
+_UNKNOWN_SIZE_S = 60.0
+
+# Shard size, in seconds of audio: enough shards to keep every actor busy with about four
+# shards each, but none so large that losing it costs much, nor so small that commits dominate.
+MIN_SHARD_AUDIO_S = 60.0
+MAX_SHARD_AUDIO_S = 3600.0
+SHARDS_PER_ACTOR = 4
+
+
+def estimate_audio_s(uri: str, size_bytes: int | None) -> float:
+    """A guess of a file's audio length from its size and extension."""
+    if size_bytes is None:
+        return _UNKNOWN_SIZE_S
+    rate = _BYTES_PER_S.get(posixpath.splitext(uri)[1].lower(), _COMPRESSED_BYTES_PER_S)
+    return size_bytes / rate
+
+
+def choose_shard_audio_s(total_audio_s: float, actors: int) -> float:
+    """The audio per shard for a collection of `total_audio_s` run by `actors` actors."""
+    target = total_audio_s / max(1, actors * SHARDS_PER_ACTOR)
+    return min(MAX_SHARD_AUDIO_S, max(MIN_SHARD_AUDIO_S, target))
+
+
+def estimates(units: pa.Table) -> list[float]:
+    return [
+        estimate_audio_s(uri, size)
+        for uri, size in zip(units.column("uri").to_pylist(), units.column("size_bytes").to_pylist())
+    ]
+
+
+def assign_shards(units: pa.Table, first_shard: int, shard_audio_s: float) -> pa.Table:
+    """Number shards from `first_shard` over `units` in their (sorted) order.
+
+    A shard closes once its estimated audio reaches `shard_audio_s`; a file larger than
+    that is a shard of its own.
+
+    Returns:
+        `units` with `shard` (int32) and `est_audio_s` (float64) added first.
+    """
+    shards, shard, filled = [], first_shard, 0.0
+    est = estimates(units)
+    for seconds in est:
+        if filled > 0 and filled + seconds > shard_audio_s:
+            shard, filled = shard + 1, 0.0
+        shards.append(shard)
+        filled += seconds
+    table = units.add_column(0, "shard", pa.array(shards, pa.int32()))
+    return table.add_column(table.schema.get_field_index("size_bytes") + 1, "est_audio_s", pa.array(est, pa.float64()))
+
+
+def new_units(units: pa.Table, planned: pa.Table | None) -> pa.Table:
+    """The units not in the saved plan yet."""
+    if planned is None or planned.num_rows == 0:
+        return units
+    known = pc.is_in(units.column("unit_id"), value_set=planned.column("unit_id"))
+    return units.filter(pc.invert(known))
+
+
+def next_shard(planned: pa.Table | None) -> int:
+    if planned is None or planned.num_rows == 0:
+        return 0
+    return int(pc.max(planned.column("shard")).as_py()) + 1

@@ -1,0 +1,95 @@
+"""What a job did, read back from its output folder alone: for `run`'s last lines and `status`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow.compute as pc
+
+from pipeline.store import OutputStore
+
+
+@dataclass
+class Summary:
+    output: str
+    shards_planned: int
+    shards_committed: int
+    units_planned: int
+    units_done: int
+    ok: int
+    no_speech: int
+    failed: int
+    audio_s: float
+    wall_s: float
+    failures: dict[str, tuple[int, str]] = field(default_factory=dict)  # error_type -> (count, example)
+    shards_ran: int | None = None
+    shards_skipped: int | None = None
+
+    @property
+    def rtfx(self) -> float | None:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else None
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_committed == self.shards_planned
+
+
+def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float | None = None) -> Summary:
+    """Counts over committed shards. `audio_s`/`wall_s` default to the totals of all runs."""
+    plan = store.read_plan()
+    markers = store.markers()
+    statuses = {s: sum(m["statuses"].get(s, 0) for m in markers) for s in ("ok", "no_speech", "failed")}
+    runs = store.runs()
+    summary = Summary(
+        output=store.uri(),
+        shards_planned=0 if plan is None else len(pc.unique(plan.column("shard"))),
+        shards_committed=len(markers),
+        units_planned=0 if plan is None else plan.num_rows,
+        units_done=sum(m["units"] for m in markers),
+        ok=statuses["ok"],
+        no_speech=statuses["no_speech"],
+        failed=statuses["failed"],
+        audio_s=sum(m["audio_s"] for m in markers) if audio_s is None else audio_s,
+        wall_s=sum(r.get("wall_s", 0.0) for r in runs) if wall_s is None else wall_s,
+    )
+    if summary.failed:
+        summary.failures = _failures(store, [m["shard"] for m in markers if m["statuses"].get("failed")])
+    return summary
+
+
+def _failures(store: OutputStore, shards: list[int]) -> dict[str, tuple[int, str]]:
+    found: dict[str, tuple[int, str]] = {}
+    for shard in shards:
+        files = store.read_parquet(store.part_path("files", shard))
+        failed = files.filter(pc.equal(files.column("status"), "failed"))
+        for kind, uri, message in zip(
+            failed.column("error_type").to_pylist(),
+            failed.column("uri").to_pylist(),
+            failed.column("error_message").to_pylist(),
+        ):
+            count, example = found.get(kind, (0, f"{uri}: {message}"))
+            found[kind] = (count + 1, example)
+    return dict(sorted(found.items(), key=lambda kv: -kv[1][0]))
+
+
+def format_summary(s: Summary, *, this_run: bool = False) -> str:
+    hours = s.audio_s / 3600
+    rtfx = f"{s.rtfx:.1f}x real time" if s.rtfx else "n/a"
+    lines = []
+    if this_run and s.shards_ran is not None:
+        lines.append(f"this run: {s.shards_ran} shard(s) transcribed, {s.shards_skipped} already committed")
+    state = "complete" if s.complete else f"{s.shards_planned - s.shards_committed} shard(s) still to run"
+    lines += [
+        f"output:  {s.output}  ({state})",
+        f"shards:  {s.shards_committed}/{s.shards_planned} committed; units {s.units_done}/{s.units_planned}",
+        f"files:   {s.ok} ok, {s.no_speech} no_speech, {s.failed} failed",
+        f"audio:   {hours:.3f} h ({s.audio_s:.1f} s) in {s.wall_s:.1f} s wall{' this run' if this_run else ''}: {rtfx}",
+    ]
+    for kind, (count, example) in s.failures.items():
+        lines.append(f"failed:  {count} x {kind}, e.g. {example[:300]}")
+    glob = f"{s.output.rstrip('/')}/segments/*.parquet"
+    lines.append(
+        "query:   python -c \"import duckdb; print(duckdb.sql("
+        f"\\\"select uri, start, text from '{glob}' order by uri, start limit 5\\\"))\""
+    )
+    return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""Run a job: plan (or resume), start or join Ray, stream shards through the actor pool.
+
+With no address an embedded local Ray is started for the job and stopped after it;
+with `address` (or $RAY_ADDRESS) the job joins that cluster. Ray's token
+authentication stays on, and the dashboard of an embedded Ray listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import inputs, models, plan
+from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units
+from pipeline.config import JobSpec, fingerprint, fingerprint_fields
+from pipeline.report import Summary, format_summary, summarize
+from pipeline.store import OutputStore
+
+logger = logging.getLogger(__name__)
+
+
+class JobMismatchError(ValueError):
+    """The output folder holds a job whose transcripts would differ from this one's."""
+
+
+def run(spec: JobSpec) -> Summary:
+    """Transcribe everything `spec` names into `spec.output`, resuming what is there.
+
+    Returns:
+        The summary of the output folder after the run, with this run's shard counts.
+
+    Raises:
+        JobMismatchError: the folder was made with options that change the transcript.
+        ModelError, InputError: before any work starts.
+    """
+    started = time.time()
+    store = OutputStore(spec.output, spec.storage_options)
+    model = models.resolve(spec.whisper.model)
+    fields = fingerprint_fields(spec.whisper, model.sha256)
+    job = store.read_job()
+    if job is not None:
+        check_fingerprint(job, fields)
+    units = inputs.expand(spec.inputs, spec.storage_options)
+    results: list[ShardResult] = []
+    actors = 0
+    with contextlib.ExitStack() as stack:
+        cpus: list[float] = []
+
+        def actor_count() -> int:
+            # Ray starts (or is joined) only when there is work: a finished job reruns in a second.
+            if not cpus:
+                cpus.append(stack.enter_context(_ray_session(spec)))
+            return spec.actors.actors or max(1, int(cpus[0] // spec.actors.threads))
+
+        if job is None:
+            total_s = sum(plan.estimates(units))
+            shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actor_count())
+            job = _new_job(spec, model, fields, shard_audio_s)
+            store.write_job(job)
+        planned = _extend_plan(store, units, job["shard_audio_s"])
+        committed = store.committed()
+        shards = sorted(set(planned.column("shard").to_pylist()))
+        pending = [s for s in shards if s not in committed]
+        logger.info(
+            "%d unit(s) in %d shard(s): %d committed earlier (skipped), %d to run",
+            planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
+        )
+        if pending:
+            config = WorkerConfig(
+                output=spec.output,
+                whisper=spec.whisper,
+                threads=spec.actors.threads,
+                model_name=spec.whisper.model,
+                model_sha256=model.sha256,
+                fingerprint=job["fingerprint"],
+                storage_options=dict(spec.storage_options),
+            )
+            actors = actor_count()
+            results = _execute(planned, pending, config, actors, spec.progress)
+    wall_s = time.time() - started
+    audio_s = sum(r.audio_s for r in results if not r.skipped)
+    store.write_run(
+        {
+            "started_at": _iso(started),
+            "finished_at": _iso(time.time()),
+            "wall_s": wall_s,
+            "shards_ran": len(pending),
+            "shards_skipped": len(shards) - len(pending),
+            "audio_s": audio_s,
+            "actors": actors,
+            "threads": spec.actors.threads,
+        }
+    )
+    summary = summarize(store, audio_s=audio_s, wall_s=wall_s)
+    summary.shards_ran, summary.shards_skipped = len(pending), len(shards) - len(pending)
+    return summary
+
+
+def check_fingerprint(job: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Refuse to resume into a folder whose transcripts were made differently."""
+    if job.get("fingerprint") == fingerprint(fields):
+        return
+    old = job.get("fingerprint_fields", {})
+    diffs = [f"{k}: {old.get(k)!r} in the folder, {v!r} now" for k, v in fields.items() if old.get(k) != v]
+    raise JobMismatchError(
+        f"{job.get('output', 'the output folder')} was transcribed with other options, and one folder "
+        f"holds one set of options. Differences: {'; '.join(diffs) or 'unknown'}. "
+        "Use the folder's options again, or another --output."
+    )
+
+
+def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any], shard_audio_s: float) -> dict[str, Any]:
+    return {
+        "output": spec.output,
+        "created_at": _iso(time.time()),
+        "spec": spec.public_dict(),
+        "fingerprint": fingerprint(fields),
+        "fingerprint_fields": fields,
+        "model": {"name": model.name, "sha256": model.sha256},
+        "shard_audio_s": shard_audio_s,
+        "versions": _versions(),
+    }
+
+
+def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float) -> pa.Table:
+    """The saved plan plus new shards for units it does not hold yet."""
+    planned = store.read_plan()
+    fresh = plan.new_units(units, planned)
+    if fresh.num_rows:
+        first = plan.next_shard(planned)
+        added = plan.assign_shards(fresh, first, shard_audio_s)
+        path = store.append_plan(added)
+        last = int(pc.max(added.column("shard")).as_py())
+        logger.info("planned %d new unit(s) as shards %d-%d in %s", fresh.num_rows, first, last, path)
+        planned = added if planned is None else pa.concat_tables([planned, added], promote_options="permissive")
+    if planned is None:
+        raise inputs.InputError("the inputs hold no audio or video files")
+    return planned
+
+
+def _execute(
+    planned: pa.Table, pending: list[int], config: WorkerConfig, actors: int, progress: bool | None
+) -> list[ShardResult]:
+    """Stream the pending shards through a pool of ShardWorker actors; one progress bar."""
+    import ray
+    import ray.data
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    by_shard = {s: planned.filter(pc.equal(planned.column("shard"), s)) for s in pending}
+    est_s = {s: sum(t.column("est_audio_s").to_pylist()) for s, t in by_shard.items()}
+    items = [{"shard": s, "units": encode_units(t)} for s, t in by_shard.items()]
+    pool = min(actors, len(items))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        ShardWorker,
+        fn_constructor_kwargs={"config": config},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=pool, max_size=pool, max_tasks_in_flight_per_actor=1),
+        num_cpus=config.threads,
+    )
+    logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(items), pool, config.threads)
+    results, done_audio, done_est, failed, start = [], 0.0, 0.0, 0, time.time()
+    total_est = sum(est_s.values())
+    with logging_redirect_tqdm(), tqdm(
+        total=round(total_est / 60, 1), unit="audio-min", disable=None if progress is None else not progress,
+        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio-min [{elapsed}<{remaining}{postfix}]",
+    ) as bar:
+        for row in dataset.iter_rows():
+            result = ShardResult(**row)
+            results.append(result)
+            done_audio += result.audio_s
+            done_est += est_s[result.shard]
+            failed += result.failed
+            # Sizes only estimate durations; rescale what is left by what was measured.
+            scale = done_audio / done_est if done_est > 0 else 1.0
+            bar.total = round((done_audio + (total_est - done_est) * scale) / 60, 1)
+            bar.update(result.audio_s / 60)
+            bar.set_postfix_str(
+                f"shards {len(results)}/{len(items)}, {done_audio / max(time.time() - start, 1e-9):.1f}x RT, "
+                f"failed {failed}",
+                refresh=True,
+            )
+    return results
+
+
+@contextlib.contextmanager
+def _ray_session(spec: JobSpec) -> Iterator[float]:
+    """Yield the CPUs Ray offers: join a cluster, reuse a running Ray, or start one here."""
+    import ray
+
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        yield ray.cluster_resources().get("CPU", 1.0)
+        return
+    _quiet_ray_logs()
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(
+            # "local": always a new Ray of our own, even where `ray start` runs a cluster.
+            address="local",
+            num_cpus=len(os.sched_getaffinity(0)),
+            dashboard_host="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    try:
+        yield ray.cluster_resources().get("CPU", 1.0)
+    finally:
+        ray.shutdown()
+
+
+def _quiet_ray_logs() -> None:
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for dist in ("bulkscribe", "faster-whisper", "ctranslate2", "ray", "pyarrow"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = "unknown"
+    return found
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["run", "check_fingerprint", "JobMismatchError", "format_summary"]

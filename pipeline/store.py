@@ -1,0 +1,211 @@
+"""The output folder: its layout, atomic writes and create-only commit markers.
+
+```
+OUT/job.json                      spec, fingerprint, versions
+OUT/_plan/part-NNNNNN.parquet     the shard plan, one file per planning run (appended, never rewritten)
+OUT/segments/part-NNNNNN.parquet  segment rows of shard NNNNNN
+OUT/files/part-NNNNNN.parquet     one row per unit of shard NNNNNN
+OUT/_commits/NNNNNN.json          the shard's commit marker, written last
+OUT/_attempts/NNNNNN.json         how many times the shard was started
+OUT/_runs/*.json                  one record per `bulkscribe run`, for `status`
+```
+
+A part is written under a temporary name and moved into place (on object stores, one
+PUT), so `segments/*.parquet` never shows a torn file; its name is fixed per shard, so
+a retry replaces and never adds. A shard is done only once its marker exists; the
+marker is created create-only, and the first commit wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.schema import DICTIONARY_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+TABLES = ("segments", "files")
+_PART_RE = re.compile(r"part-(\d{6,})\.parquet$")
+_MARKER_RE = re.compile(r"(\d{6,})\.json$")
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    dictionary = [c for c in DICTIONARY_COLUMNS if c in table.column_names]
+    pq.write_table(table, buf, compression="zstd", use_dictionary=dictionary)
+    return buf.getvalue()
+
+
+class OutputStore:
+    """One output folder, local or remote, reached through fsspec."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols
+        if self.local:
+            self.root = os.path.abspath(self.root)
+
+    # -- paths ---------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def part_path(self, table: str, shard: int) -> str:
+        return self.path(table, f"part-{shard:06d}.parquet")
+
+    def marker_path(self, shard: int) -> str:
+        return self.path("_commits", f"{shard:06d}.json")
+
+    def uri(self, *parts: str) -> str:
+        """A path as the user would type it (a URL for remote stores)."""
+        path = self.path(*parts)
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    # -- atomic writes -------------------------------------------------------------
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Make `path` hold `data`, all or nothing."""
+        if not self.local:
+            self.fs.pipe_file(path, data)  # one PUT: readers see the old object or the new one
+            return
+        tmp = _write_temp_beside(path, data)
+        try:
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def create_only(self, path: str, data: bytes) -> bool:
+        """Write `path` only if it does not exist. Returns whether this call created it.
+
+        Locally the complete file is hard-linked into place: link(2) fails if the name
+        exists, so a reader never sees a half-written marker and two writers cannot
+        both win.
+        """
+        if not self.local:
+            # Check-then-put leaves a short window in which two commits of the same shard
+            # both succeed (the later overwrites with an equivalent marker); stores with
+            # conditional writes (If-None-Match: *) close it.
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+            return True
+        tmp = _write_temp_beside(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        try:
+            with self.fs.open(path, "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, path: str, data: dict[str, Any]) -> None:
+        self.write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+    # -- job and plan --------------------------------------------------------------
+
+    def read_job(self) -> dict[str, Any] | None:
+        return self.read_json(self.path("job.json"))
+
+    def write_job(self, job: dict[str, Any]) -> None:
+        self.write_json(self.path("job.json"), job)
+
+    def plan_parts(self) -> list[str]:
+        return sorted(p for p in self.fs.glob(self.path("_plan", "part-*.parquet")) if _PART_RE.search(p))
+
+    def read_plan(self) -> pa.Table | None:
+        tables = [self.read_parquet(p) for p in self.plan_parts()]
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def append_plan(self, table: pa.Table) -> str:
+        parts = self.plan_parts()
+        number = int(_PART_RE.search(parts[-1]).group(1)) + 1 if parts else 0
+        path = self.path("_plan", f"part-{number:06d}.parquet")
+        self.write_bytes(path, parquet_bytes(table))
+        return path
+
+    def read_parquet(self, path: str) -> pa.Table:
+        with self.fs.open(path, "rb") as f:
+            return pq.read_table(f)
+
+    # -- shards --------------------------------------------------------------------
+
+    def write_part(self, table_name: str, shard: int, table: pa.Table) -> dict[str, Any]:
+        """Write one shard's part of `table_name`; returns what the marker records of it."""
+        data = parquet_bytes(table)
+        self.write_bytes(self.part_path(table_name, shard), data)
+        return {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def commit(self, shard: int, marker: dict[str, Any]) -> bool:
+        created = self.create_only(self.marker_path(shard), json.dumps(marker, indent=2, sort_keys=True).encode())
+        if not created:
+            logger.info("shard %06d was already committed by an earlier attempt; this one is dropped", shard)
+        return created
+
+    def committed(self) -> set[int]:
+        found = set()
+        for p in self.fs.glob(self.path("_commits", "*.json")):
+            m = _MARKER_RE.search(posixpath.basename(p))
+            if m:
+                found.add(int(m.group(1)))
+        return found
+
+    def read_marker(self, shard: int) -> dict[str, Any] | None:
+        return self.read_json(self.marker_path(shard))
+
+    def markers(self) -> list[dict[str, Any]]:
+        return [m for s in sorted(self.committed()) if (m := self.read_marker(s)) is not None]
+
+    def next_attempt(self, shard: int) -> int:
+        """Count one more start of `shard` and return its number (1 for the first)."""
+        path = self.path("_attempts", f"{shard:06d}.json")
+        previous = (self.read_json(path) or {}).get("attempts", 0)
+        self.write_json(path, {"attempts": previous + 1})
+        return previous + 1
+
+    # -- runs ----------------------------------------------------------------------
+
+    def write_run(self, record: dict[str, Any]) -> None:
+        name = f"{record['started_at'].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:8]}.json"
+        self.write_json(self.path("_runs", name), record)
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [r for p in sorted(self.fs.glob(self.path("_runs", "*.json"))) if (r := self.read_json(p))]
+
+
+def _write_temp_beside(path: str, data: bytes) -> str:
+    """Write `data` durably to a hidden temporary file next to `path`; return its name.
+
+    The name ends in `.tmp`, so globs over `*.parquet` or `*.json` never match it.
+    """
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
