@@ -1,0 +1,76 @@
+"""Shared fixtures: real speech clips, the real tiny.en model, one real local Ray."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data" / "speech"
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def references() -> dict[str, str]:
+    """Reference text by path relative to tests/data/speech, for clips that have one."""
+    with open(DATA / "manifest.csv", newline="", encoding="utf-8") as f:
+        return {row["path"]: row["reference_text"] for row in csv.DictReader(f) if row["reference_text"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from pipeline import models
+
+    return models.resolve("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def transcriber(tiny_model):
+    from pipeline.config import WhisperOptions
+    from pipeline.transcriber import Transcriber
+
+    return Transcriber(tiny_model.path, WhisperOptions(), cpu_threads=2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray for the session (token authentication on, as Ray 2.60 sets it)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def make_bad_files(folder: Path, speech_dir: Path) -> dict[str, Path]:
+    """Broken inputs of the kinds archives hold, each beside real audio."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = {
+        "empty": folder / "empty.wav",
+        "text": folder / "notes.wav",
+        "corrupt": folder / "corrupt.flac",
+        "truncated": folder / "truncated.mp3",
+    }
+    bad["empty"].write_bytes(b"")
+    bad["text"].write_text("this is a text file, not audio\n" * 20)
+    bad["corrupt"].write_bytes(bytes(range(256)) * 64)
+    mp3 = (speech_dir / "librivox" / "shakespeare_sonnet_001.mp3").read_bytes()
+    bad["truncated"].write_bytes(mp3[: len(mp3) // 10])
+    return bad
+
+
+@pytest.fixture
+def small_corpus(tmp_path, speech_dir) -> Path:
+    """Three short real clips, the noise file, and a name with spaces, quotes and $()."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for rel in ("librispeech/1089-134691-0000.flac", "misc/LDC93S1.wav", "misc/empty_noise.wav"):
+        shutil.copy(speech_dir / rel, folder / Path(rel).name)
+    shutil.copy(speech_dir / "librispeech/1221-135766-0002.wav", folder / "it's a \"test\" $(touch pwned).wav")
+    return folder

@@ -1,0 +1,126 @@
+"""One shard through the real model, without Ray: rows, statuses, parts and marker."""
+
+import hashlib
+
+import pyarrow as pa
+import pytest
+
+from pipeline import inputs, plan
+from pipeline.actor import WorkerConfig, process_shard, speech_segments
+from pipeline.config import WhisperOptions
+from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
+from pipeline.store import OutputStore
+from pipeline.transcriber import Segment, Transcript
+from tests.conftest import make_bad_files
+
+
+@pytest.fixture
+def config(tmp_path, tiny_model):
+    return WorkerConfig(
+        output=str(tmp_path / "out"), whisper=WhisperOptions(), threads=2,
+        model_name="tiny.en", model_sha256=tiny_model.sha256, fingerprint="f" * 16,
+    )
+
+
+def _shard(paths, shard=0):
+    units = inputs.expand([str(p) for p in paths])
+    return plan.assign_shards(units, shard, shard_audio_s=1e9)
+
+
+def test_a_shard_with_good_and_bad_files(tmp_path, speech_dir, transcriber, config):
+    bad = make_bad_files(tmp_path / "bad", speech_dir)
+    good = [speech_dir / "misc" / "LDC93S1.wav", speech_dir / "misc" / "empty_noise.wav"]
+    units = _shard(good + list(bad.values()) + [tmp_path / "bad"])
+    store = OutputStore(config.output)
+    result = process_shard(0, units, transcriber, store, config, node="test-node")
+    assert (result.committed, result.skipped, result.units) == (True, False, 6)
+    assert (result.ok, result.no_speech, result.failed) == (2, 1, 3)
+
+    files = store.read_parquet(store.part_path("files", 0))
+    assert files.schema.equals(FILES_SCHEMA)
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in files.to_pylist()}
+    assert rows["LDC93S1.wav"]["status"] == "ok" and rows["LDC93S1.wav"]["segments"] >= 1
+    assert abs(rows["LDC93S1.wav"]["duration_s"] - 2.925) < 0.01 and rows["LDC93S1.wav"]["rtfx"] > 0
+    assert rows["empty_noise.wav"]["status"] == "no_speech" and rows["empty_noise.wav"]["segments"] == 0
+    assert rows["empty.wav"]["error_type"] == "empty_file"
+    for name in ("notes.wav", "corrupt.flac"):
+        assert rows[name]["status"] == "failed" and rows[name]["error_type"] == "decode_error"
+        assert "ffmpeg failed" in rows[name]["error_message"]
+    # A truncated mp3 still decodes what it has: that is speech, not a failure.
+    assert rows["truncated.mp3"]["status"] == "ok"
+    assert all(r["attempts"] == 1 and r["node"] == "test-node" and r["cpu_threads"] == 2 for r in rows.values())
+
+    segments = store.read_parquet(store.part_path("segments", 0))
+    assert segments.schema.equals(SEGMENTS_SCHEMA)
+    ldc = [r for r in segments.to_pylist() if r["uri"].endswith("LDC93S1.wav")]
+    assert [r["segment"] for r in ldc] == list(range(len(ldc)))
+    assert "greasy wash water" in " ".join(r["text"] for r in ldc).lower()
+
+    marker = store.read_marker(0)
+    for table in ("segments", "files"):
+        data = store.fs.cat_file(store.part_path(table, 0))
+        assert marker["parts"][table]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert marker["statuses"] == {"ok": 2, "no_speech": 1, "failed": 3}
+
+
+def _files_from_manifest(manifest, text, transcriber, config) -> pa.Table:
+    """Write `text` to `manifest`, run its units as shard 0, return the `files` part."""
+    manifest.write_text(text)
+    units = plan.assign_shards(inputs.expand([str(manifest)]), 0, 1e9)
+    store = OutputStore(config.output)
+    process_shard(0, units, transcriber, store, config, node="n")
+    return store.read_parquet(store.part_path("files", 0))
+
+
+def test_missing_file_is_a_failed_row(tmp_path, speech_dir, transcriber, config):
+    text = f"{speech_dir / 'misc' / 'LDC93S1.wav'}\n{tmp_path / 'gone.wav'}\n"
+    files = _files_from_manifest(tmp_path / "m.txt", text, transcriber, config)
+    rows = {r["uri"]: r for r in files.to_pylist()}
+    assert rows[str(tmp_path / "gone.wav")]["error_type"] == "not_found"
+
+
+def test_a_committed_shard_is_not_run_again(tmp_path, speech_dir, transcriber, config):
+    units = _shard([speech_dir / "misc" / "LDC93S1.wav"])
+    store = OutputStore(config.output)
+    first = process_shard(0, units, transcriber, store, config, node="n")
+    before = store.fs.cat_file(store.part_path("segments", 0))
+    again = process_shard(0, units, transcriber, store, config, node="n")
+    assert first.committed and again.skipped and not again.committed
+    assert store.fs.cat_file(store.part_path("segments", 0)) == before
+    assert store.next_attempt(0) == 2  # the second call never started an attempt
+
+
+def test_manifest_columns_reach_the_files_table(tmp_path, speech_dir, transcriber, config):
+    text = f"uri,speaker,take\n{speech_dir / 'misc' / 'LDC93S1.wav'},ldc,3\n"
+    files = _files_from_manifest(tmp_path / "m.csv", text, transcriber, config)
+    assert files.column_names[-2:] == ["speaker", "take"]
+    assert files.column("take").type == pa.int64() and files.column("speaker").to_pylist() == ["ldc"]
+
+
+def _segment(no_speech_prob, avg_logprob, temperature=0.0):
+    return Segment(0.0, 1.0, "Mm-hmm.", avg_logprob, no_speech_prob, 1.0, temperature)
+
+
+def _transcript(*segments):
+    return Transcript(tuple(_segment(*s) for s in segments), "en", 1.0, 5.0)
+
+
+def test_units_made_only_of_likely_non_speech_hold_no_speech():
+    options = WhisperOptions()
+    # Measured on the bundled noise file and the Big Buck Bunny video.
+    assert speech_segments(_transcript((0.59, -0.96)), options) == ()
+    assert speech_segments(_transcript((0.55, -1.39), (0.55, -1.39)), options) == ()
+    assert speech_segments(_transcript((0.55, -0.67, 0.4), (0.55, -0.67, 0.4)), options) == ()
+    # Measured on clear LibriVox speech: a high no_speech_prob alone is not enough.
+    assert len(speech_segments(_transcript((0.51, -0.27), (0.86, -0.56)), options)) == 2
+    # One confident segment keeps the whole unit.
+    assert len(speech_segments(_transcript((0.61, -1.2), (0.07, -0.3)), options)) == 2
+
+
+def test_sonnet_with_high_no_speech_prob_is_still_speech(tmp_path, speech_dir, transcriber, config):
+    units = _shard([speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"])
+    store = OutputStore(config.output)
+    result = process_shard(0, units, transcriber, store, config, node="n")
+    assert result.ok == 1
+    text = " ".join(store.read_parquet(store.part_path("segments", 0)).column("text").to_pylist()).lower()
+    assert "from fairest creatures we desire increase" in text

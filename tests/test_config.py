@@ -1,0 +1,63 @@
+import pytest
+
+from pipeline.config import ActorOptions, JobSpec, WhisperOptions, fingerprint, fingerprint_fields
+
+
+def test_defaults_are_valid():
+    o = WhisperOptions()
+    assert (o.model, o.compute_type, o.beam_size, o.vad) == ("tiny.en", "int8", 5, False)
+    assert ActorOptions().threads == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"beam_size": 0}, "beam_size must be >= 1, got 0"),
+        ({"compute_type": "int4"}, "compute_type must be one of"),
+        ({"task": "summarise"}, "task must be one of"),
+        ({"language": "english"}, "language must be a language code"),
+        ({"temperature": (0.0, 1.5)}, "temperature must be"),
+        ({"unit_no_speech_threshold": 0.0}, "unit_no_speech_threshold"),
+        ({"unit_logprob_threshold": 0.1}, "unit_logprob_threshold must be < 0"),
+        ({"model": ""}, "model must be"),
+    ],
+)
+def test_whisper_options_reject_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WhisperOptions(**kwargs)
+
+
+def test_actor_and_job_options_reject_bad_values():
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        ActorOptions(threads=0)
+    with pytest.raises(ValueError, match="actors must be >= 1"):
+        ActorOptions(actors=0)
+    with pytest.raises(ValueError, match="at least one input"):
+        JobSpec(inputs=(), output="/tmp/x")
+    with pytest.raises(ValueError, match="shard_audio_s"):
+        JobSpec(inputs=("a",), output="/tmp/x", shard_audio_s=0)
+
+
+def test_public_dict_leaves_out_storage_options():
+    spec = JobSpec(inputs=["s3://b/a.wav"], output="s3://b/out", storage_options={"secret": "hunter2"})
+    data = spec.public_dict()
+    assert "storage_options" not in data
+    assert "hunter2" not in repr(data)
+    assert data["inputs"] == ["s3://b/a.wav"]
+
+
+def test_fingerprint_changes_with_every_transcript_option_and_the_model():
+    base = fingerprint(fingerprint_fields(WhisperOptions(), "sha-a"))
+    assert base == fingerprint(fingerprint_fields(WhisperOptions(), "sha-a"))
+    variants = [
+        WhisperOptions(beam_size=1),
+        WhisperOptions(language="en"),
+        WhisperOptions(vad=True),
+        WhisperOptions(word_timestamps=True),
+        WhisperOptions(compute_type="float32"),
+        WhisperOptions(temperature=(0.0,)),
+        WhisperOptions(task="translate"),
+    ]
+    prints = {fingerprint(fingerprint_fields(v, "sha-a")) for v in variants}
+    assert len(prints) == len(variants) and base not in prints
+    assert fingerprint(fingerprint_fields(WhisperOptions(), "sha-b")) != base

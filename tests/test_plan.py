@@ -1,0 +1,44 @@
+import pyarrow as pa
+
+from pipeline import inputs, plan
+
+
+def _units(sizes):
+    uris = [f"/a/{i:03d}.mp3" for i in range(len(sizes))]
+    return pa.table(
+        {"unit_id": [inputs.unit_id(u) for u in uris], "uri": uris, "size_bytes": sizes,
+         "start_s": [0.0] * len(uris), "end_s": [None] * len(uris)},
+        schema=inputs.UNIT_SCHEMA,
+    )
+
+
+def test_shards_close_at_the_target_and_big_files_stand_alone():
+    # 16 kB/s for mp3: 160 kB is 10 s of audio.
+    units = _units([160_000] * 10 + [16_000_000] + [160_000] * 3)
+    planned = plan.assign_shards(units, 0, shard_audio_s=30)
+    shards = planned.column("shard").to_pylist()
+    assert shards == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 5, 5, 5]
+    assert planned.column("est_audio_s").to_pylist()[10] == 1000.0
+
+
+def test_planning_is_deterministic_and_appends_without_renumbering():
+    units = _units([160_000] * 8)
+    first = plan.assign_shards(units, 0, 20)
+    assert first.equals(plan.assign_shards(units, 0, 20))
+    more = _units([160_000] * 11)
+    fresh = plan.new_units(more, first)
+    assert len(fresh) == 3
+    added = plan.assign_shards(fresh, plan.next_shard(first), 20)
+    assert min(added.column("shard").to_pylist()) == max(first.column("shard").to_pylist()) + 1
+
+
+def test_shard_size_scales_with_collection_and_actors():
+    assert plan.choose_shard_audio_s(400, 2) == plan.MIN_SHARD_AUDIO_S
+    assert plan.choose_shard_audio_s(36_000_000, 100) == plan.MAX_SHARD_AUDIO_S
+    assert plan.choose_shard_audio_s(24_000, 2) == 3000
+
+
+def test_size_estimates_by_container():
+    assert plan.estimate_audio_s("/x.wav", 320_000) == 10
+    assert plan.estimate_audio_s("/x.MP3", 160_000) == 10
+    assert plan.estimate_audio_s("/x.mp3", None) == 60

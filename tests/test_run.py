@@ -1,0 +1,140 @@
+"""End to end through a real local Ray and the real tiny.en model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import JobSpec, WhisperOptions
+from pipeline.evaluate import wer
+from pipeline.run import JobMismatchError, run
+from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
+from tests.conftest import make_bad_files
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, speech_dir) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    shutil.copytree(speech_dir, folder / "speech")
+    make_bad_files(folder / "bad", speech_dir)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    spec = JobSpec(inputs=(str(corpus),), output=str(out), progress=False)
+    return spec, run(spec)
+
+
+def _table(out, name) -> pa.Table:
+    return duckdb.sql(f"select * from read_parquet('{out}/{name}/*.parquet') order by all").to_arrow_table()
+
+
+def _sorted(table: pa.Table, keys) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def test_every_unit_once_with_the_right_status(first_run, corpus):
+    spec, summary = first_run
+    assert summary.complete and summary.shards_ran == summary.shards_planned > 1
+    files = duckdb.sql(f"select * from '{spec.output}/files/*.parquet'").to_arrow_table().to_pylist()
+    assert len(files) == 19 + 4 == len({f["unit_id"] for f in files})
+    status = {Path(f["uri"]).name: (f["status"], f["error_type"]) for f in files}
+    assert status["empty_noise.wav"] == ("no_speech", None)
+    assert status["big_buck_bunny_small.mp4"] == ("no_speech", None)
+    assert status["empty.wav"] == ("failed", "empty_file")
+    assert status["notes.wav"] == ("failed", "decode_error")
+    assert status["corrupt.flac"] == ("failed", "decode_error")
+    assert sum(s == "ok" for s, _ in status.values()) == 17 + 1  # 17 speech clips and the truncated mp3
+    assert (summary.ok, summary.no_speech, summary.failed) == (18, 2, 3)
+    assert set(summary.failures) == {"empty_file", "decode_error"}
+
+
+def test_wer_of_tiny_en_on_librispeech(first_run, corpus, references):
+    spec, _ = first_run
+    rows = duckdb.sql(
+        f"select uri, string_agg(text, ' ' order by segment) as text from '{spec.output}/segments/*.parquet' group by uri"
+    ).fetchall()
+    hyp = {os.path.relpath(uri, corpus / "speech"): text for uri, text in rows}
+    keys = [k for k in references if k.startswith("librispeech/")]
+    assert len(keys) == 10
+    simple = wer([references[k] for k in keys], [hyp[k] for k in keys], whisper_normalizer=False)
+    whisper = wer([references[k] for k in keys], [hyp[k] for k in keys])
+    print(f"tiny.en WER on {len(keys)} LibriSpeech clips: {simple:.2%} (lowercase, no punctuation), {whisper:.2%} (Whisper normalizer)")
+    assert simple <= 0.08 and whisper <= 0.08
+
+
+def test_schemas_and_types(first_run):
+    spec, _ = first_run
+    for name, schema in (("segments", SEGMENTS_SCHEMA), ("files", FILES_SCHEMA)):
+        for part in sorted(Path(spec.output, name).glob("*.parquet")):
+            assert pq.read_schema(part).remove_metadata().equals(schema), part
+        meta = pq.ParquetFile(next(Path(spec.output, name).glob("*.parquet"))).metadata
+        assert meta.row_group(0).column(0).compression == "ZSTD"
+    types = {r[0]: r[1] for r in duckdb.sql(f"describe select * from '{spec.output}/segments/*.parquet'").fetchall()}
+    assert types["start"] == "DOUBLE" and types["avg_logprob"] == "FLOAT" and types["segment"] == "INTEGER"
+    assert types["words"].startswith("STRUCT(") and types["words"].endswith("[]")
+    segments = duckdb.sql(f"select * from '{spec.output}/segments/*.parquet'").to_arrow_table()
+    assert segments.num_rows > 20
+    keys = duckdb.sql(f"select count(*), count(distinct (unit_id, segment)) from '{spec.output}/segments/*.parquet'").fetchall()[0]
+    assert keys[0] == keys[1]
+    assert duckdb.sql(f"select count(*) from '{spec.output}/segments/*.parquet' where \"end\" < start or text = ''").fetchall()[0][0] == 0
+
+
+def test_rerun_executes_nothing_and_changes_nothing(first_run):
+    spec, _ = first_run
+    before = {p: p.read_bytes() for p in Path(spec.output).glob("*/part-*.parquet")}
+    again = run(spec)
+    assert again.shards_ran == 0 and again.shards_skipped == again.shards_planned
+    assert {p: p.read_bytes() for p in Path(spec.output).glob("*/part-*.parquet")} == before
+
+
+def test_a_lost_marker_reruns_only_its_shard_without_duplicates(first_run):
+    spec, _ = first_run
+    out = Path(spec.output)
+    segments_before = _sorted(_table(out, "segments").drop_columns(["words"]), ["unit_id", "segment"])
+    files_before = _table(out, "files")
+    (out / "_commits" / "000001.json").unlink()
+    untouched = {p: p.stat().st_mtime_ns for p in out.glob("*/part-*.parquet") if "000001" not in p.name}
+    summary = run(spec)
+    assert summary.shards_ran == 1 and summary.complete
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    segments_after = _sorted(_table(out, "segments").drop_columns(["words"]), ["unit_id", "segment"])
+    assert segments_after.select(["unit_id", "segment", "start", "end", "text"]).equals(
+        segments_before.select(["unit_id", "segment", "start", "end", "text"])
+    )
+    files_after = _table(out, "files")
+    assert files_after.num_rows == files_before.num_rows
+    rerun = [r for r in files_after.to_pylist() if r["shard"] == 1]
+    assert rerun and all(r["attempts"] == 2 for r in rerun)
+
+
+def test_a_changed_option_is_refused(first_run):
+    spec, _ = first_run
+    changed = JobSpec(inputs=spec.inputs, output=spec.output, whisper=WhisperOptions(beam_size=1), progress=False)
+    with pytest.raises(JobMismatchError, match="beam_size: 5 in the folder, 1 now"):
+        run(changed)
+
+
+def test_new_inputs_are_appended_as_new_shards(first_run, corpus, speech_dir):
+    spec, before = first_run
+    extra = corpus / "later"
+    extra.mkdir()
+    shutil.copy(speech_dir / "misc" / "jfk.flac", extra / "jfk-again.flac")
+    plan_before = duckdb.sql(f"select shard, unit_id from '{spec.output}/_plan/*.parquet' order by all").fetchall()
+    summary = run(spec)
+    assert summary.shards_ran == 1 and summary.units_planned == before.units_planned + 1
+    plan_after = duckdb.sql(f"select shard, unit_id from '{spec.output}/_plan/*.parquet' order by all").fetchall()
+    assert plan_after[: len(plan_before)] == plan_before
+    assert max(s for s, _ in plan_after) == max(s for s, _ in plan_before) + 1
+    text = duckdb.sql(f"select string_agg(text, ' ') from '{spec.output}/segments/*.parquet' where uri like '%jfk-again%'").fetchall()[0][0]
+    assert "ask not what your country" in text.lower()

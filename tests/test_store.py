@@ -1,0 +1,59 @@
+import os
+import threading
+
+import pyarrow as pa
+
+from pipeline.store import OutputStore
+
+
+def test_parts_are_replaced_atomically_and_leave_no_temporary_files(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    info1 = store.write_part("segments", 7, pa.table({"x": [1, 2]}))
+    info2 = store.write_part("segments", 7, pa.table({"x": [3]}))
+    files = os.listdir(tmp_path / "out" / "segments")
+    assert files == ["part-000007.parquet"]
+    assert store.read_parquet(store.part_path("segments", 7)).column("x").to_pylist() == [3]
+    assert info1["sha256"] != info2["sha256"] and info2["rows"] == 1
+
+
+def test_commit_is_create_only_and_the_first_writer_wins(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    outcomes = []
+
+    def commit(i):
+        outcomes.append((i, store.commit(3, {"writer": i})))
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, created in outcomes if created]
+    assert len(winners) == 1
+    assert store.read_marker(3) == {"writer": winners[0]}
+    assert store.committed() == {3}
+    assert os.listdir(tmp_path / "out" / "_commits") == ["000003.json"]
+
+
+def test_plan_parts_append_in_order(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    assert store.read_plan() is None
+    store.append_plan(pa.table({"shard": pa.array([0, 1], pa.int32())}))
+    store.append_plan(pa.table({"shard": pa.array([2], pa.int32()), "extra": ["a"]}))
+    plan = store.read_plan()
+    assert plan.column("shard").to_pylist() == [0, 1, 2]
+    assert plan.column("extra").to_pylist() == [None, None, "a"]
+
+
+def test_attempts_count_up(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    assert [store.next_attempt(5) for _ in range(3)] == [1, 2, 3]
+
+
+def test_memory_store_round_trip():
+    store = OutputStore("memory://bucket/out")
+    store.write_part("files", 0, pa.table({"x": [1]}))
+    assert store.commit(0, {"ok": True}) is True
+    assert store.commit(0, {"ok": False}) is False
+    assert store.committed() == {0}
+    assert store.uri("segments") == "memory:///bucket/out/segments"
