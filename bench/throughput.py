@@ -46,7 +46,7 @@ def clips_with_references() -> list[tuple[Path, str]]:
 
 def build_corpus(folder: Path, minutes: float, files: int) -> dict[str, str]:
     """Write `files` WAV files totalling at least `minutes`; return their references by path."""
-    clips = [(audio.decode(str(p)), ref) for p, ref in clips_with_references()]
+    clips = [(audio.decode(str(p)).samples, ref) for p, ref in clips_with_references()]
     pause = np.zeros(int(PAUSE_S * audio.SAMPLE_RATE), np.float32)
     target = minutes * 60 * audio.SAMPLE_RATE / files
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,18 @@ import pyarrow as pa
 
 from pipeline import audio, models
 from pipeline.config import WhisperOptions
+from pipeline.faults import crashpoint
 from pipeline.schema import STATUSES, files_table, segments_table
 from pipeline.store import OutputStore
-from pipeline.transcriber import Transcriber, Transcript
+from pipeline.transcriber import Transcriber, Transcript, UnitTimeout
 
 logger = logging.getLogger(__name__)
+
+# Per-unit time limit unless the job sets one: a minute, plus ten seconds per second of
+# audio (tiny.en on one thread runs near 20x real time, large models near 1x).
+DEFAULT_TIMEOUT_BASE_S = 60.0
+DEFAULT_TIMEOUT_PER_AUDIO_S = 10.0
+DECODE_TIMEOUT_S = 1800.0
 
 # Plan columns that describe the unit itself; any other column came from a manifest.
 PLAN_COLUMNS = ("shard", "unit_id", "uri", "size_bytes", "est_audio_s", "start_s", "end_s")
@@ -41,6 +48,13 @@ class WorkerConfig:
     model_sha256: str
     fingerprint: str
     storage_options: dict[str, Any] = field(default_factory=dict)
+    unit_timeout_s: float | None = None
+
+    def transcribe_budget_s(self, audio_s: float) -> float:
+        """Time a unit of `audio_s` seconds may take to transcribe."""
+        if self.unit_timeout_s is not None:
+            return self.unit_timeout_s
+        return DEFAULT_TIMEOUT_BASE_S + DEFAULT_TIMEOUT_PER_AUDIO_S * audio_s
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,7 @@ def process_shard(
         "segments": store.write_part("segments", shard, segments_table(segment_rows)),
         "files": store.write_part("files", shard, files),
     }
+    crashpoint("after_parts_write")
     counts = {s: sum(r["status"] == s for r in file_rows) for s in STATUSES}
     finished = time.time()
     marker = {
@@ -199,6 +214,7 @@ def transcribe_unit(
         "status": "failed",
         "error_type": None,
         "error_message": None,
+        "decode_warning": None,
         "attempts": attempt,
         "size_bytes": unit["size_bytes"],
         "duration_s": None,
@@ -216,8 +232,12 @@ def transcribe_unit(
     }
     t0 = time.perf_counter()
     try:
-        samples = audio.decode(
-            unit["uri"], start_s=unit["start_s"] or 0.0, end_s=unit["end_s"], storage_options=config.storage_options
+        decoded = audio.decode(
+            unit["uri"],
+            start_s=unit["start_s"] or 0.0,
+            end_s=unit["end_s"],
+            storage_options=config.storage_options,
+            timeout_s=config.unit_timeout_s or DECODE_TIMEOUT_S,
         )
     except audio.DecodeError as exc:
         return _failed(row, exc.error_type, str(exc), t0), []
@@ -229,11 +249,16 @@ def transcribe_unit(
         return _failed(row, "not_a_file", f"{unit['uri']}: {exc.strerror or exc}", t0), []
     t1 = time.perf_counter()
     row["decode_s"] = t1 - t0
-    row["duration_s"] = len(samples) / audio.SAMPLE_RATE
-    if len(samples) == 0:
+    row["duration_s"] = decoded.duration_s
+    row["decode_warning"] = decoded.warning
+    if len(decoded.samples) == 0:
         return _finish(row, "no_speech"), []
+    budget_s = config.transcribe_budget_s(decoded.duration_s)
     try:
-        transcript = transcriber.transcribe(samples)
+        transcript = transcriber.transcribe(decoded.samples, deadline=time.monotonic() + budget_s)
+    except UnitTimeout as exc:
+        row["transcribe_s"] = time.perf_counter() - t1
+        return _failed(row, "timeout", f"{exc} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)", t0), []
     except (RuntimeError, ValueError) as exc:
         # CTranslate2 and faster-whisper report a bad input this way; anything else is ours.
         logger.exception("transcription of %s failed", unit["uri"])

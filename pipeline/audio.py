@@ -10,19 +10,31 @@ still a name. We do not use PyAV's whole-file `decode_audio`: it peaked at 1.7 G
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
+import re
 import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 import fsspec
 import numpy as np
+
+from pipeline.retry import retry
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 _STDERR_CHARS = 2_000
+# A decoded length this much shorter than the container's is worth a warning.
+GAP_TOLERANCE_S = 0.5
+GAP_TOLERANCE_SHARE = 0.02
+# With -loglevel level+info ffmpeg tags each line: "[in#0 @ 0x55..] [error] moov atom not found".
+_ERROR_LINE = re.compile(r"\[(?:error|fatal|panic)\] (.*)$")
 _COPY_CHUNK = 1 << 22
 
 
@@ -44,42 +56,77 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded samples, with what ffmpeg said about the source.
+
+    `warning` is set when the decoded audio is shorter than the container says
+    (garbage in the middle, a truncated file) or ffmpeg reported decode errors.
+    """
+
+    samples: np.ndarray
+    container_s: float | None
+    warning: str | None
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of `uri`, or None if it is not local. Non-UTF-8 names travel as
+    percent-encoded `file://` URLs (see `pipeline.inputs.canonical_uri`)."""
+    if uri.startswith("file://"):
+        return os.fsdecode(unquote_to_bytes(uri[len("file://"):]))
+    return uri if "://" not in uri else None
+
+
 def decode(
     uri: str,
     *,
     start_s: float = 0.0,
     end_s: float | None = None,
     storage_options: dict | None = None,
-) -> np.ndarray:
-    """Decode `[start_s, end_s)` of `uri` to a 16 kHz mono float32 array.
+    timeout_s: float | None = None,
+) -> Decoded:
+    """Decode `[start_s, end_s)` of `uri` to 16 kHz mono float32.
 
     Local files are read by ffmpeg in place. Other URLs are first copied, in chunks,
     to a local temporary file: containers such as mp4 keep their index at the end and
     cannot be decoded from a pipe.
 
     Raises:
-        DecodeError: with `error_type` `empty_file`, `no_audio_stream` or `decode_error`
-            and ffmpeg's own message.
+        DecodeError: with `error_type` `empty_file`, `no_audio_stream`, `decode_error`
+            or `timeout`, and ffmpeg's own message.
         FileNotFoundError, PermissionError: from the storage layer, unchanged.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if fs.size(path) == 0:
-        raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols:
+    path = local_path(uri)
+    if path is not None:
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", path)
         # Fail the way a remote read would, before ffmpeg turns it into a vaguer message.
-        with open(path, "rb"):
-            pass
-        return _run_ffmpeg(path, start_s, end_s)
+        with open(path, "rb") as f:
+            if not f.read(1):
+                raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
+        return _run_ffmpeg(path, start_s, end_s, timeout_s)
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if retry(lambda: fs.size(path), f"stat {uri}") == 0:
+        raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
     suffix = posixpath.splitext(path)[1]
     with tempfile.NamedTemporaryFile(prefix="bulkscribe-", suffix=suffix) as tmp:
-        with fs.open(path, "rb") as src:
-            shutil.copyfileobj(src, tmp, _COPY_CHUNK)
-        tmp.flush()
-        return _run_ffmpeg(tmp.name, start_s, end_s)
+
+        def copy() -> None:
+            tmp.seek(0)
+            tmp.truncate()
+            with fs.open(path, "rb") as src:
+                shutil.copyfileobj(src, tmp, _COPY_CHUNK)
+            tmp.flush()
+
+        retry(copy, f"download {uri}")
+        return _run_ffmpeg(tmp.name, start_s, end_s, timeout_s)
 
 
-def _run_ffmpeg(path: str, start_s: float, end_s: float | None) -> np.ndarray:
+def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float | None) -> Decoded:
     import ffmpeg
 
     input_args = {}
@@ -87,15 +134,48 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None) -> np.ndarray:
         input_args["ss"] = f"{start_s:.3f}"
     if end_s is not None:
         input_args["t"] = f"{end_s - start_s:.3f}"
-    stream = (
-        ffmpeg.input(f"file:{os.path.abspath(path)}", **input_args)
-        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None)
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1")
-    )
+    source = f"file:{os.path.abspath(path)}"
     try:
-        out, _ = ffmpeg.run(stream, cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
-    except ffmpeg.Error as exc:
-        stderr = (exc.stderr or b"").decode("utf-8", "replace").strip()
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        source = os.fsencode(source)  # ffmpeg-python hashes str arguments as UTF-8; bytes pass as they are
+    stream = (
+        ffmpeg.input(source, **input_args)
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None)
+        # level+info: every line tagged with its level, and the container's Duration line.
+        .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-threads", "1")
+    )
+    process = ffmpeg.run_async(stream, cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True)
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise DecodeError("timeout", f"ffmpeg did not finish decoding within {timeout_s:.0f}s") from None
+    stderr = err.decode("utf-8", "replace")
+    errors = [m.group(1) for ln in stderr.splitlines() if (m := _ERROR_LINE.search(ln))]
+    if process.returncode != 0:
+        message = "\n".join(errors) or stderr.strip() or f"exit code {process.returncode}"
         error_type = "no_audio_stream" if "does not contain any stream" in stderr else "decode_error"
-        raise DecodeError(error_type, f"ffmpeg failed: {stderr[-_STDERR_CHARS:] or 'no message'}") from None
-    return np.frombuffer(out, dtype=np.float32)
+        raise DecodeError(error_type, f"ffmpeg failed: {message[-_STDERR_CHARS:]}")
+    samples = np.frombuffer(out, dtype=np.float32)
+    container_s = _container_seconds(stderr)
+    if container_s is not None and end_s is not None:
+        container_s = min(container_s - start_s, end_s - start_s)
+    return Decoded(samples, container_s, _warning(len(samples) / SAMPLE_RATE, container_s, errors))
+
+
+def _container_seconds(stderr: str) -> float | None:
+    m = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", stderr)
+    if not m:
+        return None
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+
+
+def _warning(decoded_s: float, container_s: float | None, errors: list[str]) -> str | None:
+    parts = []
+    if container_s is not None and container_s - decoded_s > max(GAP_TOLERANCE_S, GAP_TOLERANCE_SHARE * container_s):
+        parts.append(f"decoded {decoded_s:.1f}s of a {container_s:.1f}s container")
+    if errors:
+        parts.append(f"ffmpeg reported {len(errors)} decode error(s), first: {errors[0][:200]}")
+    return "; ".join(parts) or None

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("output", help="the output folder or URL")
     status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
+    verify = sub.add_parser("verify", help="check an output folder: every unit once, no duplicate, parts match markers")
+    verify.add_argument("output", help="the output folder or URL")
+    verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
     sub.add_parser("models", help="list the bundled models and whether they are installed")
     return parser
 
@@ -58,6 +62,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=int, default=1, help="CPU threads per actor (default 1)")
     r.add_argument("--actors", type=int, default=None, help="actors in all (default: cluster CPUs / threads)")
     r.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else start one here)")
+    r.add_argument("--unit-timeout", type=float, default=None, metavar="SECONDS",
+                   help="time limit per file (default: 60 s + 10 s per second of audio); past it: failed, timeout")
     r.add_argument("--shard-minutes", type=float, default=None,
                    help="audio per shard in minutes (default: chosen from the collection size)")
     p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
@@ -84,6 +90,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         storage_options=dict(args.storage_option),
         shard_audio_s=None if args.shard_minutes is None else args.shard_minutes * 60,
         progress=args.progress,
+        unit_timeout_s=args.unit_timeout,
     )
 
 
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from pipeline.inputs import InputError
+    from pipeline.lease import LeaseHeldError
     from pipeline.models import ModelError
     from pipeline.run import JobMismatchError
 
@@ -120,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
             print(format_summary(summarize(store)))
             return 0
+        if args.command == "verify":
+            from pipeline.store import OutputStore
+            from pipeline.verify import verify
+
+            result = verify(OutputStore(args.output, dict(args.storage_option)))
+            print(result.format())
+            return 0 if result.ok else 1
         if args.command == "models":
             from pipeline.models import catalog
 
@@ -127,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['name']:<10} {row['description']}\n{'':<10} {row['state']}; model.bin sha256 {row['sha256']}")
             print("Also accepted: a local CTranslate2 folder, or any faster-whisper name (needs the network).")
             return 0
-    except (JobMismatchError, ModelError, InputError, FileNotFoundError, ValueError) as exc:
+    except (JobMismatchError, LeaseHeldError, ModelError, InputError, FileNotFoundError, ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
         return 2
     return 2

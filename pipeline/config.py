@@ -90,7 +90,8 @@ class JobSpec:
 
     `storage_options` go to fsspec (credentials, endpoints); they are never written to
     the output folder. `shard_audio_s` is the audio each shard aims at; None lets the
-    planner choose from the size of the collection.
+    planner choose from the size of the collection. `unit_timeout_s` caps the time of
+    one unit (None: a minute plus ten seconds per second of audio).
     """
 
     inputs: tuple[str, ...]
@@ -101,6 +102,7 @@ class JobSpec:
     storage_options: dict[str, Any] = field(default_factory=dict)
     shard_audio_s: float | None = None
     progress: bool | None = None
+    unit_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -108,6 +110,8 @@ class JobSpec:
             raise ValueError("at least one input is needed (a folder, a glob, a URL or a manifest file)")
         if not self.output:
             raise ValueError("output must be a folder path or URL")
+        if self.unit_timeout_s is not None and self.unit_timeout_s <= 0:
+            raise ValueError(f"unit_timeout_s must be > 0, got {self.unit_timeout_s}")
         if self.shard_audio_s is not None and self.shard_audio_s <= 0:
             raise ValueError(f"shard_audio_s must be > 0, got {self.shard_audio_s}")
 

@@ -14,6 +14,7 @@ import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
+from urllib.parse import quote
 
 import fsspec
 import pyarrow as pa
@@ -28,7 +29,7 @@ MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".parquet", ".txt"})
 URI_COLUMNS = ("uri", "path")
 # Columns of the `files` table; a manifest column with one of these names is renamed.
 RESERVED_COLUMNS = frozenset(
-    "unit_id uri shard status error_type error_message attempts size_bytes duration_s start_s end_s "
+    "unit_id uri shard status error_type error_message decode_warning attempts size_bytes duration_s start_s end_s "
     "language language_probability segments decode_s transcribe_s rtfx node model compute_type "
     "cpu_threads finished_at".split()
 )
@@ -65,8 +66,19 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def canonical_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """Local files as absolute paths, everything else as a full URL (`s3://b/k`)."""
-    return os.path.abspath(fs._strip_protocol(path)) if _is_local(fs) else fs.unstrip_protocol(path)
+    """Local files as absolute paths, everything else as a full URL (`s3://b/k`).
+
+    A local name that is not valid UTF-8 cannot be a Parquet string: it becomes a
+    `file://` URL with its bytes percent-encoded, which `audio.local_path` reverses.
+    """
+    if not _is_local(fs):
+        return fs.unstrip_protocol(path)
+    local = os.path.abspath(fs._strip_protocol(path))
+    try:
+        local.encode("utf-8")
+        return local
+    except UnicodeEncodeError:
+        return "file://" + quote(os.fsencode(local), safe="/")
 
 
 def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None) -> pa.Table:

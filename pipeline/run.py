@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import inputs, models, plan
+from pipeline.faults import DRIVER_PID_ENV, crashpoint
+from pipeline.lease import Lease
 from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units
 from pipeline.config import JobSpec, fingerprint, fingerprint_fields
 from pipeline.report import Summary, format_summary, summarize
@@ -44,6 +46,13 @@ def run(spec: JobSpec) -> Summary:
     started = time.time()
     store = OutputStore(spec.output, spec.storage_options)
     model = models.resolve(spec.whisper.model)
+    # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
+    os.environ[DRIVER_PID_ENV] = str(os.getpid())
+    with Lease(store):
+        return _run_locked(spec, store, model, started)
+
+
+def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, started: float) -> Summary:
     fields = fingerprint_fields(spec.whisper, model.sha256)
     job = store.read_job()
     if job is not None:
@@ -82,6 +91,7 @@ def run(spec: JobSpec) -> Summary:
                 model_sha256=model.sha256,
                 fingerprint=job["fingerprint"],
                 storage_options=dict(spec.storage_options),
+                unit_timeout_s=spec.unit_timeout_s,
             )
             actors = actor_count()
             results = _execute(planned, pending, config, actors, spec.progress)
@@ -137,6 +147,7 @@ def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float) -> p
     if fresh.num_rows:
         first = plan.next_shard(planned)
         added = plan.assign_shards(fresh, first, shard_audio_s)
+        crashpoint("before_plan_write")
         path = store.append_plan(added)
         last = int(pc.max(added.column("shard")).as_py())
         logger.info("planned %d new unit(s) as shards %d-%d in %s", fresh.num_rows, first, last, path)

@@ -41,6 +41,7 @@ FILES_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error_type", pa.string()),
         ("error_message", pa.string()),
+        ("decode_warning", pa.string()),
         ("attempts", pa.int32()),
         ("size_bytes", pa.int64()),
         ("duration_s", pa.float64()),

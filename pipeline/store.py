@@ -32,6 +32,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.retry import retry
 from pipeline.schema import DICTIONARY_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class OutputStore:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Make `path` hold `data`, all or nothing."""
         if not self.local:
-            self.fs.pipe_file(path, data)  # one PUT: readers see the old object or the new one
+            # One PUT: readers see the old object or the new one.
+            retry(lambda: self.fs.pipe_file(path, data), f"write {path}")
             return
         tmp = _write_temp_beside(path, data)
         try:
@@ -100,9 +102,9 @@ class OutputStore:
             # Check-then-put leaves a short window in which two commits of the same shard
             # both succeed (the later overwrites with an equivalent marker); stores with
             # conditional writes (If-None-Match: *) close it.
-            if self.fs.exists(path):
+            if retry(lambda: self.fs.exists(path), f"check {path}"):
                 return False
-            self.fs.pipe_file(path, data)
+            retry(lambda: self.fs.pipe_file(path, data), f"write {path}")
             return True
         tmp = _write_temp_beside(path, data)
         try:
@@ -115,10 +117,18 @@ class OutputStore:
 
     def read_json(self, path: str) -> dict[str, Any] | None:
         try:
-            with self.fs.open(path, "rb") as f:
-                return json.load(f)
+            return json.loads(retry(lambda: self.fs.cat_file(path), f"read {path}"))
         except FileNotFoundError:
             return None
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(retry(lambda: self.fs.glob(pattern), f"list {pattern}"))
+
+    def delete(self, path: str) -> None:
+        try:
+            retry(lambda: self.fs.rm_file(path), f"delete {path}")
+        except FileNotFoundError:
+            pass
 
     def write_json(self, path: str, data: dict[str, Any]) -> None:
         self.write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
@@ -132,7 +142,7 @@ class OutputStore:
         self.write_json(self.path("job.json"), job)
 
     def plan_parts(self) -> list[str]:
-        return sorted(p for p in self.fs.glob(self.path("_plan", "part-*.parquet")) if _PART_RE.search(p))
+        return [p for p in self.glob(self.path("_plan", "part-*.parquet")) if _PART_RE.search(p)]
 
     def read_plan(self) -> pa.Table | None:
         tables = [self.read_parquet(p) for p in self.plan_parts()]
@@ -148,8 +158,8 @@ class OutputStore:
         return path
 
     def read_parquet(self, path: str) -> pa.Table:
-        with self.fs.open(path, "rb") as f:
-            return pq.read_table(f)
+        data = retry(lambda: self.fs.cat_file(path), f"read {path}")
+        return pq.read_table(pa.BufferReader(data))
 
     # -- shards --------------------------------------------------------------------
 
@@ -167,7 +177,7 @@ class OutputStore:
 
     def committed(self) -> set[int]:
         found = set()
-        for p in self.fs.glob(self.path("_commits", "*.json")):
+        for p in self.glob(self.path("_commits", "*.json")):
             m = _MARKER_RE.search(posixpath.basename(p))
             if m:
                 found.add(int(m.group(1)))
@@ -193,7 +203,7 @@ class OutputStore:
         self.write_json(self.path("_runs", name), record)
 
     def runs(self) -> list[dict[str, Any]]:
-        return [r for p in sorted(self.fs.glob(self.path("_runs", "*.json"))) if (r := self.read_json(p))]
+        return [r for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
 
 
 def _write_temp_beside(path: str, data: bytes) -> str:

@@ -7,6 +7,7 @@ orchestration can be tested with a fake and the engine swapped later.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,10 @@ import numpy as np
 from pipeline.config import WhisperOptions
 
 SAMPLING_SEED = 0
+
+
+class UnitTimeout(Exception):
+    """A unit ran past its time limit; raised between two 30 s windows."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,13 @@ class Transcriber:
     def multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
+    def transcribe(self, audio: np.ndarray, deadline: float | None = None) -> Transcript:
+        """Transcribe 16 kHz mono float32 `audio`.
+
+        Args:
+            deadline: a `time.monotonic()` value; past it, UnitTimeout is raised at the
+                next window boundary (a CTranslate2 call itself cannot be interrupted).
+        """
         import ctranslate2
 
         o = self.options
@@ -88,7 +99,11 @@ class Transcriber:
         )
         # faster-whisper decodes lazily: materialise here so that every error of this
         # unit is raised inside the caller's try block, not later while writing.
-        rows = tuple(_segment(s) for s in segments)
+        rows = []
+        for s in segments:
+            if deadline is not None and time.monotonic() > deadline:
+                raise UnitTimeout(f"stopped after {s.end:.0f}s of {info.duration:.0f}s of audio: time limit reached")
+            rows.append(_segment(s))
         # Over noise Whisper may emit timestamps past the end of the audio; such
         # segments describe nothing that exists.
         duration = float(info.duration)

@@ -20,14 +20,14 @@ from tests.conftest import make_bad_files
     ],
 )
 def test_decodes_containers_to_16k_mono_float32(speech_dir, rel, seconds):
-    samples = audio.decode(str(speech_dir / rel))
+    samples = audio.decode(str(speech_dir / rel)).samples
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(len(samples) / audio.SAMPLE_RATE - seconds) < 0.1
     assert 0.001 < float(np.abs(samples).max()) < 2.0  # a stereo downmix may pass 1.0
 
 
 def test_window_decoding(speech_dir):
-    samples = audio.decode(str(speech_dir / "misc" / "jfk.flac"), start_s=2.0, end_s=5.0)
+    samples = audio.decode(str(speech_dir / "misc" / "jfk.flac"), start_s=2.0, end_s=5.0).samples
     assert len(samples) == 3 * audio.SAMPLE_RATE
 
 
@@ -35,7 +35,7 @@ def test_names_with_shell_characters_are_never_interpreted(tmp_path, speech_dir)
     name = tmp_path / "-it's a \"clip\" $(touch pwned) ; rm -rf x.wav"
     shutil.copy(speech_dir / "misc" / "LDC93S1.wav", name)
     os.chdir(tmp_path)
-    assert len(audio.decode(str(name))) > 0
+    assert len(audio.decode(str(name)).samples) > 0
     assert not (tmp_path / "pwned").exists()
 
 
@@ -65,11 +65,48 @@ def test_video_without_audio_is_no_audio_stream(tmp_path):
 
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
-        audio.decode(str(tmp_path / "gone.wav"))
+        audio.decode(str(tmp_path / "gone.wav")).samples
 
 
 def test_remote_urls_are_decoded_through_fsspec(speech_dir):
     import fsspec
 
     fsspec.filesystem("memory").pipe("/remote/ldc.wav", (speech_dir / "misc" / "LDC93S1.wav").read_bytes())
-    assert abs(len(audio.decode("memory:///remote/ldc.wav")) / audio.SAMPLE_RATE - 2.925) < 0.05
+    assert abs(len(audio.decode("memory:///remote/ldc.wav").samples) / audio.SAMPLE_RATE - 2.925) < 0.05
+
+
+def test_non_utf8_file_names_survive_the_trip(tmp_path, speech_dir):
+    from pipeline import inputs
+
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9 \xff.wav"
+    with open(raw, "wb") as f:
+        f.write((speech_dir / "misc" / "LDC93S1.wav").read_bytes())
+    (uri,) = inputs.expand([str(tmp_path)]).column("uri").to_pylist()
+    assert uri.startswith("file://") and "%E9" in uri and uri.encode("utf-8")
+    assert os.fsencode(audio.local_path(uri)) == raw
+    assert abs(audio.decode(uri).duration_s - 2.925) < 0.01
+
+
+def test_garbage_in_the_middle_is_a_warning_not_a_failure(tmp_path, speech_dir):
+    data = bytearray((speech_dir / "librivox" / "shakespeare_sonnet_001.mp3").read_bytes())
+    third = len(data) // 3
+    data[third : third + 60_000] = bytes(60_000)
+    (tmp_path / "holed.mp3").write_bytes(bytes(data))
+    decoded = audio.decode(str(tmp_path / "holed.mp3"))
+    assert 40 < decoded.duration_s < 50 and abs(decoded.container_s - 53.3) < 0.1
+    assert decoded.warning.startswith("decoded ") and "of a 53.3s container" in decoded.warning
+    assert audio.decode(str(speech_dir / "misc" / "jfk.flac")).warning is None
+
+
+def test_mp4_without_its_moov_atom_is_a_decode_error(tmp_path, speech_dir):
+    data = (speech_dir / "variants" / "sonnet_001_excerpt.mp4").read_bytes()
+    (tmp_path / "cut.m4a").write_bytes(data[: data.find(b"moov") - 8])
+    with pytest.raises(audio.DecodeError) as info:
+        audio.decode(str(tmp_path / "cut.m4a"))
+    assert info.value.error_type == "decode_error" and "moov atom not found" in str(info.value)
+
+
+def test_decode_timeout_kills_ffmpeg(tmp_path, speech_dir):
+    with pytest.raises(audio.DecodeError) as info:
+        audio.decode(str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"), timeout_s=0.001)
+    assert info.value.error_type == "timeout"

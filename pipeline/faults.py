@@ -1,0 +1,29 @@
+"""Named crash points, so that the fault tests can kill a run exactly where it hurts.
+
+With `BULKSCRIBE_CRASH_AT=<name>` in the environment, the first process to reach
+`crashpoint(<name>)` SIGKILLs the job's driver and then itself: no cleanup, no
+`finally`, as when a machine loses power. Without the variable it costs one lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_AT_ENV = "BULKSCRIBE_CRASH_AT"
+DRIVER_PID_ENV = "BULKSCRIBE_DRIVER_PID"
+
+# The points, in the order a run reaches them.
+POINTS = (
+    "before_plan_write",  # driver: job.json written, the plan not yet
+    "after_parts_write",  # actor: both parts of a shard written, its marker not yet
+)
+
+
+def crashpoint(name: str) -> None:
+    if os.environ.get(CRASH_AT_ENV) != name:
+        return
+    driver = int(os.environ.get(DRIVER_PID_ENV, os.getpid()))
+    if driver != os.getpid():
+        os.kill(driver, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)

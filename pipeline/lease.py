@@ -1,0 +1,126 @@
+"""One writer per output folder: a lease file with a heartbeat.
+
+A run creates `OUT/_lease.json` create-only and rewrites its `heartbeat_at` every
+HEARTBEAT_S seconds from a background thread. A second run that finds a live lease
+is refused with a message naming the holder. A lease is stale, and may be taken over,
+when its heartbeat is older than TTL_S, or at once when its holder ran on this host
+and that process is gone (a killed run must not block its own resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.store import OutputStore
+
+logger = logging.getLogger(__name__)
+
+TTL_S = float(os.environ.get("BULKSCRIBE_LEASE_TTL_S", 120))
+HEARTBEAT_S = TTL_S / 6
+
+
+class LeaseHeldError(RuntimeError):
+    """Another live run holds the output folder."""
+
+
+class Lease:
+    """Hold `OUT/_lease.json` for the life of a `with` block."""
+
+    def __init__(self, store: OutputStore, purpose: str = "run"):
+        self.store = store
+        self.path = store.path("_lease.json")
+        self.owner = uuid.uuid4().hex
+        self.purpose = purpose
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "owner": self.owner,
+            "purpose": self.purpose,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat_at": now,
+            "heartbeat_iso": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def acquire(self) -> None:
+        data = json.dumps(self._record()).encode()
+        if self.store.create_only(self.path, data):
+            return self._start_heartbeat()
+        held = self.store.read_json(self.path)
+        if held is not None:
+            reason = stale_reason(held)
+            if reason is None:
+                age = time.time() - held.get("heartbeat_at", 0)
+                raise LeaseHeldError(
+                    f"{self.store.uri()} is in use by another bulkscribe {held.get('purpose', 'run')} "
+                    f"(host {held.get('host')}, pid {held.get('pid')}, last heartbeat {age:.0f}s ago). "
+                    f"Wait for it to finish; a lease without a heartbeat for {TTL_S:.0f}s is taken over."
+                )
+            logger.warning("taking over the lease of %s: %s", self.store.uri(), reason)
+            self.store.delete(self.path)
+        if not self.store.create_only(self.path, data):
+            raise LeaseHeldError(f"{self.store.uri()} was just taken by another run")
+        self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="bulkscribe-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                held = self.store.read_json(self.path)
+                if held is None or held.get("owner") != self.owner:
+                    logger.error("the lease of %s was taken by another run", self.store.uri())
+                    return
+                self.store.write_json(self.path, self._record())
+            except Exception:  # a missed beat is not fatal; the next one may get through
+                logger.warning("lease heartbeat failed", exc_info=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        held = self.store.read_json(self.path)
+        if held is not None and held.get("owner") == self.owner:
+            self.store.delete(self.path)
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def stale_reason(held: dict[str, Any]) -> str | None:
+    """Why the lease `held` may be taken over, or None while its holder is alive."""
+    age = time.time() - float(held.get("heartbeat_at", 0))
+    if age > TTL_S:
+        return f"no heartbeat for {age:.0f}s"
+    if held.get("host") == socket.gethostname() and not _alive(int(held.get("pid", 0))):
+        return f"its process {held.get('pid')} on this host is gone"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
