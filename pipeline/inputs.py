@@ -9,6 +9,7 @@ URI ride along unchanged and end up in the `files` table.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import posixpath
@@ -18,6 +19,8 @@ from urllib.parse import quote
 
 import fsspec
 import pyarrow as pa
+
+from pipeline.retry import retry
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None)
     tables = []
     for item in inputs:
         fs, path = fsspec.core.url_to_fs(item, **storage_options)
-        if _ext(path) in MANIFEST_EXTENSIONS and fs.isfile(path):
+        if _ext(path) in MANIFEST_EXTENSIONS and _kind(fs, path) == "file":
             tables.append(_read_manifest(fs, path))
         else:
             files = _list_audio(fs, path, item)
@@ -108,17 +111,33 @@ def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None)
     return _dedupe_sorted(table)
 
 
+def _kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """'file', 'directory', or None if nothing is there (transient errors are retried;
+    fsspec's isdir/isfile would read them as "not there")."""
+    try:
+        return retry(lambda: fs.info(path), f"stat {path}")["type"]
+    except FileNotFoundError:
+        return None
+
+
+def _find(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
+    # fsspec's walk omits a folder whose listing fails unless told to raise: a
+    # transient error would silently drop files from the plan.
+    return retry(lambda: fs.find(path, detail=True, on_error="raise"), f"list {path}")
+
+
 def _list_audio(fs: fsspec.AbstractFileSystem, path: str, given: str) -> dict[str, int | None]:
     """Map each audio file below `path` (a folder, a glob or a file) to its size."""
-    if fs.isdir(path):
-        found = fs.find(path, detail=True)
-    elif fs.isfile(path):
+    kind = _kind(fs, path)
+    if kind == "directory":
+        found = _find(fs, path)
+    elif kind == "file":
         # A file named explicitly is taken whatever its extension.
-        return {path: fs.size(path)}
+        return {path: retry(lambda: fs.size(path), f"stat {path}")}
     elif _GLOB_CHARS & set(path):
         found = {}
-        for match, info in fs.glob(path, detail=True).items():
-            found.update(fs.find(match, detail=True) if info["type"] == "directory" else {match: info})
+        for match, info in retry(lambda: fs.glob(path, detail=True), f"list {path}").items():
+            found.update(_find(fs, match) if info["type"] == "directory" else {match: info})
     else:
         raise InputError(f"no such file or folder: {given}")
     files = {
@@ -149,7 +168,7 @@ def _units_table(uris: list[str], sizes: list[int | None]) -> pa.Table:
 
 def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     ext = _ext(path)
-    with fs.open(path, "rb") as f:
+    with io.BytesIO(retry(lambda: fs.cat_file(path), f"read {path}")) as f:
         if ext == ".csv":
             import pyarrow.csv as pacsv
 
@@ -205,8 +224,8 @@ def _size_or_none(target) -> int | None:
     # A missing entry is not an error here: it becomes a `failed` row when its shard runs.
     fs, path, _ = target
     try:
-        return fs.size(path)
-    except (FileNotFoundError, OSError):
+        return retry(lambda: fs.size(path), f"stat {path}")
+    except (FileNotFoundError, PermissionError):
         return None
 
 

@@ -8,6 +8,7 @@ authentication stays on, and the dashboard of an embedded Ray listens on 127.0.0
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -28,6 +29,8 @@ from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
 
+WORKER_SETUP_ENV = "BULKSCRIBE_WORKER_SETUP"
+
 
 class JobMismatchError(ValueError):
     """The output folder holds a job whose transcripts would differ from this one's."""
@@ -44,6 +47,7 @@ def run(spec: JobSpec) -> Summary:
         ModelError, InputError: before any work starts.
     """
     started = time.time()
+    run_setup_hook()
     store = OutputStore(spec.output, spec.storage_options)
     model = models.resolve(spec.whisper.model)
     # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
@@ -216,8 +220,12 @@ def _ray_session(spec: JobSpec) -> Iterator[float]:
         yield ray.cluster_resources().get("CPU", 1.0)
         return
     _quiet_ray_logs()
+    runtime_env = {}
+    hook = os.environ.get(WORKER_SETUP_ENV)
+    if hook:
+        runtime_env["worker_process_setup_hook"] = hook
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(
             # "local": always a new Ray of our own, even where `ray start` runs a cluster.
@@ -226,11 +234,24 @@ def _ray_session(spec: JobSpec) -> Iterator[float]:
             dashboard_host="127.0.0.1",
             logging_level=logging.WARNING,
             log_to_driver=True,
+            runtime_env=runtime_env,
         )
     try:
         yield ray.cluster_resources().get("CPU", 1.0)
     finally:
         ray.shutdown()
+
+
+def run_setup_hook() -> None:
+    """Call $BULKSCRIBE_WORKER_SETUP (`module.function`) here; Ray calls it in every worker.
+
+    For what must happen in every process before a URL can be opened, such as
+    registering a custom fsspec filesystem.
+    """
+    hook = os.environ.get(WORKER_SETUP_ENV)
+    if hook:
+        module, _, name = hook.rpartition(".")
+        getattr(importlib.import_module(module), name)()
 
 
 def _quiet_ray_logs() -> None:

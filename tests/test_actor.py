@@ -1,6 +1,7 @@
 """One shard through the real model, without Ray: rows, statuses, parts and marker."""
 
 import hashlib
+import shutil
 
 import pyarrow as pa
 import pytest
@@ -124,3 +125,61 @@ def test_sonnet_with_high_no_speech_prob_is_still_speech(tmp_path, speech_dir, t
     assert result.ok == 1
     text = " ".join(store.read_parquet(store.part_path("segments", 0)).column("text").to_pylist()).lower()
     assert "from fairest creatures we desire increase" in text
+
+
+def _ffmpeg(*args: str) -> None:
+    import subprocess
+
+    from pipeline.audio import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True)
+
+
+def test_every_kind_of_bad_input_becomes_a_clear_row(tmp_path, speech_dir, transcriber, config):
+    import os
+
+    d = tmp_path / "in"
+    d.mkdir()
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "5", str(d / "silence.wav"))
+    _ffmpeg("-i", str(speech_dir / "misc" / "LDC93S1.wav"), "-t", "0.3", str(d / "short.wav"))
+    _ffmpeg("-f", "lavfi", "-i", "color=c=black:s=64x64:d=1", "-c:v", "mpeg4", str(d / "no-audio.mp4"))
+    mp4 = (speech_dir / "variants" / "sonnet_001_excerpt.mp4").read_bytes()
+    (d / "no-moov.m4a").write_bytes(mp4[: mp4.find(b"moov") - 8])
+    mp3 = bytearray((speech_dir / "librivox" / "shakespeare_sonnet_001.mp3").read_bytes())
+    mp3[len(mp3) // 3 : len(mp3) // 3 + 60_000] = bytes(60_000)
+    (d / "holed.mp3").write_bytes(bytes(mp3))
+    with open(os.fsencode(str(d)) + b"/caf\xe9 'quoted' $(x).wav", "wb") as f:
+        f.write((speech_dir / "misc" / "LDC93S1.wav").read_bytes())
+    shutil.copy(speech_dir / "misc" / "LDC93S1.wav", d / "deleted-later.wav")
+    units = _shard([d])
+    (d / "deleted-later.wav").unlink()  # gone between planning and transcription
+
+    store = OutputStore(config.output)
+    process_shard(0, units, transcriber, store, config, node="n")
+    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in store.read_parquet(store.part_path("files", 0)).to_pylist()}
+    got = {name: (r["status"], r["error_type"]) for name, r in rows.items()}
+    assert got["silence.wav"] == ("no_speech", None)
+    assert got["short.wav"][0] in ("ok", "no_speech") and got["short.wav"][1] is None
+    assert got["no-audio.mp4"] == ("failed", "no_audio_stream")
+    assert got["no-moov.m4a"] == ("failed", "decode_error") and "moov atom not found" in rows["no-moov.m4a"]["error_message"]
+    assert got["deleted-later.wav"] == ("failed", "not_found")
+    assert got["holed.mp3"] == ("ok", None) and "of a 53.3s container" in rows["holed.mp3"]["decode_warning"]
+    assert got["caf%E9%20%27quoted%27%20%24%28x%29.wav"] == ("ok", None)
+    assert all(r["decode_warning"] is None for n, r in rows.items() if n != "holed.mp3")
+
+
+def test_a_unit_past_its_time_limit_fails_and_the_actor_goes_on(tmp_path, speech_dir, transcriber, config):
+    import dataclasses
+
+    long = tmp_path / "a-long-reading.mp3"  # the sonnet four times: 3.5 min, about 9 s of work here
+    _ffmpeg("-stream_loop", "3", "-i", str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"), "-c", "copy", str(long))
+    units = _shard([long, speech_dir / "misc" / "jfk.flac"])
+    # 3 s is plenty for jfk (11 s of audio, 0.6 s of work) and far too little for the long file.
+    config = dataclasses.replace(config, unit_timeout_s=3.0)
+    store = OutputStore(config.output)
+    result = process_shard(0, units, transcriber, store, config, node="n")
+    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in store.read_parquet(store.part_path("files", 0)).to_pylist()}
+    assert rows["a-long-reading.mp3"]["error_type"] == "timeout"
+    assert "time limit" in rows["a-long-reading.mp3"]["error_message"]
+    assert rows["a-long-reading.mp3"]["transcribe_s"] < 8
+    assert rows["jfk.flac"]["status"] == "ok" and result.committed

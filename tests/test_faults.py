@@ -1,0 +1,219 @@
+"""Faults during a run: each scenario ends with the same check (tests/checks.py).
+
+The promise: at-least-once execution, exactly-once committed output, resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.checks import check_output
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_OPTIONS = ("--beam-size", "1", "--shard-minutes", "0.25", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, speech_dir) -> Path:
+    """12 real clips, about 85 s of speech, planned as 7 shards."""
+    folder = tmp_path_factory.mktemp("fault-corpus")
+    for clip in sorted((speech_dir / "librispeech").iterdir()):
+        shutil.copy(clip, folder / clip.name)
+    shutil.copy(speech_dir / "misc" / "LDC93S1.wav", folder / "LDC93S1.wav")
+    return folder
+
+
+def start(corpus: Path | str, out: Path | str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--output", str(out), *RUN_OPTIONS, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def run_ok(corpus: Path, out: Path, *extra: str, env: dict | None = None) -> str:
+    code, stdout, stderr = finish(start(corpus, out, *extra, env=env))
+    assert code == 0, stderr[-3000:]
+    return stdout
+
+
+def wait_until(condition, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def markers(out: Path) -> int:
+    return len(list((out / "_commits").glob("*.json"))) if (out / "_commits").exists() else 0
+
+
+def shard_in_flight(out: Path) -> bool:
+    """A shard has started (its attempt is counted) and is not committed yet."""
+    started = {p.stem for p in (out / "_attempts").glob("*.json")} if (out / "_attempts").exists() else set()
+    done = {p.stem for p in (out / "_commits").glob("*.json")} if (out / "_commits").exists() else set()
+    return bool(started - done) and len(done) >= 1
+
+
+def busy_actor_pids() -> list[int]:
+    """Actors in the middle of a call: Ray titles them `ray::MapWorker(...ShardWorker...).submit`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                title = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ShardWorker" in title and b").submit" in title:
+                pids.append(int(proc.name))
+    return pids
+
+
+def max_attempts(out: Path) -> int:
+    return max(json.loads(p.read_text())["attempts"] for p in (out / "_attempts").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """The undisturbed run every scenario must equal."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run_ok(corpus, out)
+    return out
+
+
+def test_actor_killed_mid_shard(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    process = start(corpus, out)
+    wait_until(lambda: shard_in_flight(out) and busy_actor_pids(), what="an actor in the middle of a shard")
+    victim = busy_actor_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    code, _, stderr = finish(process)
+    assert code == 0, stderr[-3000:]
+    check_output(out, reference)
+    assert max_attempts(out) >= 2  # the killed shard ran again and committed once
+
+
+def test_driver_killed_during_planning(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    code, _, _ = finish(start(corpus, out, env={"BULKSCRIBE_CRASH_AT": "before_plan_write"}))
+    assert code == -signal.SIGKILL
+    assert (out / "job.json").exists() and not list((out / "_plan").glob("*.parquet") if (out / "_plan").exists() else [])
+    run_ok(corpus, out)
+    check_output(out, reference)
+
+
+def test_driver_killed_between_parts_and_marker(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    code, _, _ = finish(start(corpus, out, env={"BULKSCRIBE_CRASH_AT": "after_parts_write"}))
+    assert code == -signal.SIGKILL
+    assert list((out / "segments").glob("*.parquet")) and markers(out) < 7
+    stdout = run_ok(corpus, out)
+    assert "this run: " in stdout
+    check_output(out, reference)
+
+
+def test_driver_killed_mid_run_then_resumed(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    process = start(corpus, out)
+    wait_until(lambda: markers(out) >= 2, what="two commits")
+    process.kill()
+    finish(process)
+    committed = markers(out)
+    assert 2 <= committed < 7
+    stdout = run_ok(corpus, out)
+    assert f"{committed} already committed" in stdout
+    check_output(out, reference)
+
+
+def test_transient_storage_errors_are_retried(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    env = {"BULKSCRIBE_WORKER_SETUP": "tests.flaky_fs.register", "FLAKY_EVERY": "3"}
+    code, stdout, stderr = finish(start(f"flaky://{corpus}", f"flaky://{out}", env=env))
+    assert code == 0, stderr[-3000:]
+    assert "retry 1/5" in stderr  # failures were injected, in the driver and in the actors
+    check_output(out, reference)
+
+
+def test_permanent_storage_error_is_a_failed_row_not_a_retry(corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(corpus / "LDC93S1.wav", folder / "LDC93S1.wav")
+    shutil.copy(corpus / "LDC93S1.wav", folder / "forbidden.wav")
+    out = tmp_path / "out"
+    env = {"BULKSCRIBE_WORKER_SETUP": "tests.flaky_fs.register", "FLAKY_EVERY": "0"}
+    code, _, stderr = finish(start(f"flaky://{folder}", f"flaky://{out}", env=env))
+    assert code == 0, stderr[-3000:]
+    from tests.checks import statuses
+
+    assert statuses(out) == [("LDC93S1.wav", "ok", None), ("forbidden.wav", "failed", "permission_denied")]
+    assert "forbidden" not in "".join(line for line in stderr.splitlines() if "retry" in line)
+
+
+def test_second_run_into_a_live_folder_is_refused(corpus, tmp_path):
+    out = tmp_path / "out"
+    first = start(corpus, out)
+    wait_until(lambda: (out / "_lease.json").exists(), what="the first run's lease")
+    code, _, stderr = finish(start(corpus, out))
+    assert code == 2 and "is in use by another bulkscribe run" in stderr and "Traceback" not in stderr
+    code, _, stderr = finish(first)
+    assert code == 0, stderr[-3000:]
+    assert not (out / "_lease.json").exists()
+
+
+def _cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1"})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    cluster.wait_for_nodes()
+    return cluster, workers
+
+
+def test_node_lost_mid_run(corpus, reference, tmp_path):
+    cluster, workers = _cluster()
+    try:
+        out = tmp_path / "out"
+        process = start(corpus, out, "--address", cluster.address)
+        wait_until(lambda: markers(out) >= 1, what="a commit")
+        cluster.remove_node(workers[0], allow_graceful=False)
+        code, _, stderr = finish(process)
+        assert code == 0, stderr[-3000:]
+        check_output(out, reference)
+    finally:
+        cluster.shutdown()
+
+
+def test_preemption_notice_drains_a_node(corpus, reference, tmp_path):
+    cluster, workers = _cluster()
+    try:
+        out = tmp_path / "out"
+        process = start(corpus, out, "--address", cluster.address)
+        wait_until(lambda: markers(out) >= 1, what="a commit")
+        raylet = workers[1].all_processes["raylet"][0].process
+        raylet.send_signal(signal.SIGTERM)  # what a spot VM's shutdown sends
+        code, _, stderr = finish(process)
+        assert code == 0, stderr[-3000:]
+        check_output(out, reference)
+        import duckdb
+
+        nodes = duckdb.sql(f"select count(distinct node) from '{out}/files/*.parquet'").fetchall()[0][0]
+        assert nodes >= 2
+    finally:
+        cluster.shutdown()
