@@ -21,7 +21,7 @@ import pyarrow as pa
 from pipeline import audio, models
 from pipeline.config import WhisperOptions
 from pipeline.faults import crashpoint
-from pipeline.schema import STATUSES, files_table, segments_table
+from pipeline.schema import FILES_SCHEMA, STATUSES, files_table, segments_table
 from pipeline.store import OutputStore
 from pipeline.transcriber import Transcriber, Transcript, UnitTimeout
 
@@ -120,10 +120,12 @@ class ShardWorker:
         self.node = node_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        results = [
-            process_shard(shard, decode_units(blob), self.transcriber, self.store, self.config, self.node)
-            for shard, blob in zip(batch.column("shard").to_pylist(), batch.column("units").to_pylist())
-        ]
+        results = []
+        for shard, blob, mode in zip(
+            batch.column("shard").to_pylist(), batch.column("units").to_pylist(), batch.column("mode").to_pylist()
+        ):
+            work = retry_failed_units if mode == "retry" else process_shard
+            results.append(work(shard, decode_units(blob), self.transcriber, self.store, self.config, self.node))
         return pa.Table.from_pylist([asdict(r) for r in results])
 
 
@@ -148,6 +150,72 @@ def process_shard(
         row, segments = transcribe_unit(unit, shard, transcriber, config, attempt=attempt, node=node)
         file_rows.append(row)
         segment_rows.extend(segments)
+    if (marker := store.read_marker(shard)) is not None:
+        # Another attempt (a retry while this one was thought lost) committed meanwhile:
+        # leave its parts alone rather than replace them with equivalent ones.
+        return _result_from_marker(shard, marker, skipped=True)
+    marker = _write_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
+    committed = store.commit(shard, marker)
+    return _result_from_marker(shard, marker, skipped=False, committed=committed)
+
+
+def retry_failed_units(
+    shard: int,
+    units: pa.Table,
+    transcriber: Transcriber,
+    store: OutputStore,
+    config: WorkerConfig,
+    node: str,
+) -> ShardResult:
+    """Transcribe again the units of a committed shard that failed, and recommit it.
+
+    The other units keep their rows as they are. Both parts are rewritten and the
+    marker replaced (the caller holds the folder's lease); `_retry/NNNNNN.json`,
+    written before, is removed only once the new marker is in place, so an
+    interrupted retry is redone by the next `retry-failed`.
+    """
+    started = time.time()
+    old_files = store.read_parquet(store.part_path("files", shard))
+    old_segments = store.read_parquet(store.part_path("segments", shard))
+    old_rows = {r["unit_id"]: r for r in old_files.select(FILES_SCHEMA.names).to_pylist()}
+    failed = {uid for uid, r in old_rows.items() if r["status"] == "failed"}
+    attempt = store.next_attempt(shard)
+    file_rows: list[dict[str, Any]] = []
+    new_segments: dict[str, list[dict[str, Any]]] = {}
+    for unit in units.select(["unit_id", "uri", "size_bytes", "start_s", "end_s"]).to_pylist():
+        if unit["unit_id"] in failed:
+            row, new_segments[unit["unit_id"]] = transcribe_unit(
+                unit, shard, transcriber, config, attempt=attempt, node=node
+            )
+        else:
+            row = old_rows[unit["unit_id"]]
+        file_rows.append(row)
+    segment_rows = [r for r in old_segments.to_pylist() if r["unit_id"] not in new_segments]
+    segment_rows += [r for rows in new_segments.values() for r in rows]
+    order = {uid: i for i, uid in enumerate(units.column("unit_id").to_pylist())}
+    segment_rows.sort(key=lambda r: (order[r["unit_id"]], r["segment"]))
+    marker = _write_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
+    store.write_json(store.marker_path(shard), marker)
+    store.delete(retry_intent_path(store, shard))
+    return _result_from_marker(shard, marker, skipped=False, committed=True)
+
+
+def retry_intent_path(store: OutputStore, shard: int) -> str:
+    return store.path("_retry", f"{shard:06d}.json")
+
+
+def _write_parts(
+    shard: int,
+    units: pa.Table,
+    file_rows: list[dict[str, Any]],
+    segment_rows: list[dict[str, Any]],
+    store: OutputStore,
+    config: WorkerConfig,
+    attempt: int,
+    started: float,
+    node: str,
+) -> dict[str, Any]:
+    """Write both parts of `shard`; return the marker that commits them."""
     extra = units.drop_columns([c for c in units.column_names if c in PLAN_COLUMNS])
     files = files_table(file_rows, extra if extra.num_columns else None)
     parts = {
@@ -155,16 +223,15 @@ def process_shard(
         "files": store.write_part("files", shard, files),
     }
     crashpoint("after_parts_write")
-    counts = {s: sum(r["status"] == s for r in file_rows) for s in STATUSES}
     finished = time.time()
-    marker = {
+    return {
         "shard": shard,
         "attempt": attempt,
         "fingerprint": config.fingerprint,
         "node": node,
         "parts": parts,
         "units": len(file_rows),
-        "statuses": counts,
+        "statuses": {s: sum(r["status"] == s for r in file_rows) for s in STATUSES},
         "audio_s": sum(r["duration_s"] or 0.0 for r in file_rows),
         "decode_s": sum(r["decode_s"] or 0.0 for r in file_rows),
         "transcribe_s": sum(r["transcribe_s"] or 0.0 for r in file_rows),
@@ -172,8 +239,6 @@ def process_shard(
         "finished_at": _iso(finished),
         "wall_s": finished - started,
     }
-    committed = store.commit(shard, marker)
-    return _result_from_marker(shard, marker, skipped=False, committed=committed)
 
 
 def _result_from_marker(shard: int, marker: dict[str, Any], skipped: bool, committed: bool = False) -> ShardResult:

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("output", help="the output folder or URL")
     status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
+    retry = sub.add_parser("retry-failed", help="transcribe again only the failed files of an output folder")
+    retry.add_argument("output", help="the output folder or URL")
+    add_resource_arguments(retry)
+
     verify = sub.add_parser("verify", help="check an output folder: every unit once, no duplicate, parts match markers")
     verify.add_argument("output", help="the output folder or URL")
     verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
@@ -58,14 +62,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vad", action=argparse.BooleanOptionalAction, default=d.vad,
                    help="drop non-speech with Silero VAD first; for long silences or music (default: off)")
     g.add_argument("--word-timestamps", action="store_true", help="add per-word timings to each segment")
+    p.add_argument("--shard-minutes", type=float, default=None,
+                   help="audio per shard in minutes (default: chosen from the collection size)")
+    add_resource_arguments(p)
+
+
+def add_resource_arguments(p: argparse.ArgumentParser) -> None:
+    """Where and how fast to run; they change no transcript. Shared by run and retry-failed."""
     r = p.add_argument_group("resources")
     r.add_argument("--threads", type=int, default=1, help="CPU threads per actor (default 1)")
     r.add_argument("--actors", type=int, default=None, help="actors in all (default: cluster CPUs / threads)")
     r.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else start one here)")
     r.add_argument("--unit-timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit per file (default: 60 s + 10 s per second of audio); past it: failed, timeout")
-    r.add_argument("--shard-minutes", type=float, default=None,
-                   help="audio per shard in minutes (default: chosen from the collection size)")
     p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
                    help="fsspec storage option for inputs and output, e.g. endpoint_url=http://... (repeatable)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -119,6 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "retry-failed":
+            from pipeline.report import format_summary
+            from pipeline.run import retry_failed
+
+            summary = retry_failed(
+                args.output,
+                storage_options=dict(args.storage_option),
+                actors=ActorOptions(threads=args.threads, actors=args.actors),
+                address=args.address,
+                progress=args.progress,
+                unit_timeout_s=args.unit_timeout,
+            )
+            print(format_summary(summary, this_run=True))
+            return 0
         if args.command == "status":
             from pipeline.report import format_summary, summarize
             from pipeline.store import OutputStore

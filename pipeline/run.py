@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 from pipeline import inputs, models, plan
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease
-from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units
-from pipeline.config import JobSpec, fingerprint, fingerprint_fields
+from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units, retry_intent_path
+from pipeline.config import ActorOptions, JobSpec, WhisperOptions, fingerprint, fingerprint_fields
 from pipeline.report import Summary, format_summary, summarize
 from pipeline.store import OutputStore
 
@@ -63,7 +63,6 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         check_fingerprint(job, fields)
     units = inputs.expand(spec.inputs, spec.storage_options)
     results: list[ShardResult] = []
-    actors = 0
     with contextlib.ExitStack() as stack:
         cpus: list[float] = []
 
@@ -87,35 +86,9 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
         )
         if pending:
-            config = WorkerConfig(
-                output=spec.output,
-                whisper=spec.whisper,
-                threads=spec.actors.threads,
-                model_name=spec.whisper.model,
-                model_sha256=model.sha256,
-                fingerprint=job["fingerprint"],
-                storage_options=dict(spec.storage_options),
-                unit_timeout_s=spec.unit_timeout_s,
-            )
-            actors = actor_count()
-            results = _execute(planned, pending, config, actors, spec.progress)
-    wall_s = time.time() - started
-    audio_s = sum(r.audio_s for r in results if not r.skipped)
-    store.write_run(
-        {
-            "started_at": _iso(started),
-            "finished_at": _iso(time.time()),
-            "wall_s": wall_s,
-            "shards_ran": len(pending),
-            "shards_skipped": len(shards) - len(pending),
-            "audio_s": audio_s,
-            "actors": actors,
-            "threads": spec.actors.threads,
-        }
-    )
-    summary = summarize(store, audio_s=audio_s, wall_s=wall_s)
-    summary.shards_ran, summary.shards_skipped = len(pending), len(shards) - len(pending)
-    return summary
+            config = _worker_config(spec, model.sha256, job["fingerprint"])
+            results = _execute(planned, pending, config, actor_count(), spec.progress)
+    return _finish_run(store, started, results, len(pending), len(shards) - len(pending))
 
 
 def check_fingerprint(job: dict[str, Any], fields: dict[str, Any]) -> None:
@@ -161,8 +134,90 @@ def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float) -> p
     return planned
 
 
+def retry_failed(
+    output: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    actors: ActorOptions = ActorOptions(),
+    address: str | None = None,
+    progress: bool | None = None,
+    unit_timeout_s: float | None = None,
+) -> Summary:
+    """Transcribe again only the `failed` units of `output`, with the job's own options.
+
+    Each shard holding a failure is rewritten and recommitted once; its other units keep
+    their rows, and the retried units' `attempts` count the new attempt.
+    """
+    started = time.time()
+    run_setup_hook()
+    store = OutputStore(output, storage_options)
+    job = store.read_job()
+    if job is None:
+        raise FileNotFoundError(f"{output} holds no bulkscribe job (no job.json)")
+    fields = dict(job["fingerprint_fields"])
+    model_sha = fields.pop("model_sha256")
+    whisper = WhisperOptions(**fields)
+    model = models.resolve(whisper.model)
+    check_fingerprint(job, fingerprint_fields(whisper, model.sha256))
+    spec = JobSpec(inputs=tuple(job["spec"]["inputs"]), output=output, whisper=whisper, actors=actors,
+                   address=address, storage_options=dict(storage_options or {}), progress=progress,
+                   unit_timeout_s=unit_timeout_s)
+    with Lease(store, "retry-failed"):
+        interrupted = {int(p.rsplit("/", 1)[1][:6]) for p in store.glob(store.path("_retry", "*.json"))}
+        shards = sorted({m["shard"] for m in store.markers() if m["statuses"].get("failed")} | interrupted)
+        results: list[ShardResult] = []
+        if shards:
+            logger.info("retrying the failed units of %d shard(s)", len(shards))
+            for shard in shards:
+                store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": _iso(time.time())})
+            config = _worker_config(spec, model_sha, job["fingerprint"])
+            with _ray_session(spec) as cpus:
+                count = actors.actors or max(1, int(cpus // actors.threads))
+                results = _execute(store.read_plan(), shards, config, count, progress, mode="retry")
+        else:
+            logger.info("no failed units to retry")
+    return _finish_run(store, started, results, len(shards), 0)
+
+
+def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str) -> WorkerConfig:
+    return WorkerConfig(
+        output=spec.output,
+        whisper=spec.whisper,
+        threads=spec.actors.threads,
+        model_name=spec.whisper.model,
+        model_sha256=model_sha256,
+        fingerprint=job_fingerprint,
+        storage_options=dict(spec.storage_options),
+        unit_timeout_s=spec.unit_timeout_s,
+    )
+
+
+def _finish_run(store: OutputStore, started: float, results: list[ShardResult], ran: int, skipped: int) -> Summary:
+    """Record this run in `_runs/` and summarise the folder."""
+    wall_s = time.time() - started
+    audio_s = sum(r.audio_s for r in results if not r.skipped)
+    store.write_run(
+        {
+            "started_at": _iso(started),
+            "finished_at": _iso(time.time()),
+            "wall_s": wall_s,
+            "shards_ran": ran,
+            "shards_skipped": skipped,
+            "audio_s": audio_s,
+        }
+    )
+    summary = summarize(store, audio_s=audio_s, wall_s=wall_s)
+    summary.shards_ran, summary.shards_skipped = ran, skipped
+    return summary
+
+
 def _execute(
-    planned: pa.Table, pending: list[int], config: WorkerConfig, actors: int, progress: bool | None
+    planned: pa.Table,
+    pending: list[int],
+    config: WorkerConfig,
+    actors: int,
+    progress: bool | None,
+    mode: str = "run",
 ) -> list[ShardResult]:
     """Stream the pending shards through a pool of ShardWorker actors; one progress bar."""
     import ray
@@ -172,7 +227,7 @@ def _execute(
 
     by_shard = {s: planned.filter(pc.equal(planned.column("shard"), s)) for s in pending}
     est_s = {s: sum(t.column("est_audio_s").to_pylist()) for s, t in by_shard.items()}
-    items = [{"shard": s, "units": encode_units(t)} for s, t in by_shard.items()]
+    items = [{"shard": s, "units": encode_units(t), "mode": mode} for s, t in by_shard.items()]
     pool = min(actors, len(items))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

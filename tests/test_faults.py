@@ -177,43 +177,41 @@ def test_second_run_into_a_live_folder_is_refused(corpus, tmp_path):
     assert not (out / "_lease.json").exists()
 
 
-def _cluster():
+@pytest.fixture
+def cluster():
+    """A head with no CPUs and three 1-CPU worker nodes, as separate processes here."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_host": "127.0.0.1"})
     workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
     cluster.wait_for_nodes()
-    return cluster, workers
+    yield cluster, workers
+    cluster.shutdown()
 
 
-def test_node_lost_mid_run(corpus, reference, tmp_path):
-    cluster, workers = _cluster()
-    try:
-        out = tmp_path / "out"
-        process = start(corpus, out, "--address", cluster.address)
-        wait_until(lambda: markers(out) >= 1, what="a commit")
-        cluster.remove_node(workers[0], allow_graceful=False)
-        code, _, stderr = finish(process)
-        assert code == 0, stderr[-3000:]
-        check_output(out, reference)
-    finally:
-        cluster.shutdown()
+def run_with_node_fault(corpus: Path, out: Path, address: str, fault) -> None:
+    """Run on the cluster, call `fault()` after the first commit, and expect success."""
+    process = start(corpus, out, "--address", address)
+    wait_until(lambda: markers(out) >= 1, what="a commit")
+    fault()
+    code, _, stderr = finish(process)
+    assert code == 0, stderr[-3000:]
 
 
-def test_preemption_notice_drains_a_node(corpus, reference, tmp_path):
-    cluster, workers = _cluster()
-    try:
-        out = tmp_path / "out"
-        process = start(corpus, out, "--address", cluster.address)
-        wait_until(lambda: markers(out) >= 1, what="a commit")
-        raylet = workers[1].all_processes["raylet"][0].process
-        raylet.send_signal(signal.SIGTERM)  # what a spot VM's shutdown sends
-        code, _, stderr = finish(process)
-        assert code == 0, stderr[-3000:]
-        check_output(out, reference)
-        import duckdb
+def test_node_lost_mid_run(corpus, reference, tmp_path, cluster):
+    head, workers = cluster
+    out = tmp_path / "out"
+    run_with_node_fault(corpus, out, head.address, lambda: head.remove_node(workers[0], allow_graceful=False))
+    check_output(out, reference)
 
-        nodes = duckdb.sql(f"select count(distinct node) from '{out}/files/*.parquet'").fetchall()[0][0]
-        assert nodes >= 2
-    finally:
-        cluster.shutdown()
+
+def test_preemption_notice_drains_a_node(corpus, reference, tmp_path, cluster):
+    head, workers = cluster
+    out = tmp_path / "out"
+    # SIGTERM to the node's raylet is what a spot VM's shutdown sends; Ray drains the node.
+    raylet = workers[1].all_processes["raylet"][0].process
+    run_with_node_fault(corpus, out, head.address, lambda: raylet.send_signal(signal.SIGTERM))
+    check_output(out, reference)
+    import duckdb
+
+    assert duckdb.sql(f"select count(distinct node) from '{out}/files/*.parquet'").fetchall()[0][0] >= 2

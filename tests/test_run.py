@@ -138,3 +138,36 @@ def test_new_inputs_are_appended_as_new_shards(first_run, corpus, speech_dir):
     assert max(s for s, _ in plan_after) == max(s for s, _ in plan_before) + 1
     text = duckdb.sql(f"select string_agg(text, ' ') from '{spec.output}/segments/*.parquet' where uri like '%jfk-again%'").fetchall()[0][0]
     assert "ask not what your country" in text.lower()
+
+
+def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, speech_dir):
+    from pipeline.run import retry_failed
+    from pipeline.verify import verify
+    from pipeline.store import OutputStore
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("LDC93S1.wav", "jfk.flac"):
+        shutil.copy(speech_dir / "misc" / name, clips / name)
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("clips/LDC93S1.wav\nclips/jfk.flac\nclips/later.flac\n")
+    out = tmp_path / "out"
+    spec = JobSpec(inputs=(str(manifest),), output=str(out), whisper=WhisperOptions(beam_size=1), progress=False)
+    first = run(spec)
+    assert (first.ok, first.failed) == (2, 1) and set(first.failures) == {"not_found"}
+    before = {r["uri"]: r for r in _table(out, "files").to_pylist()}
+
+    shutil.copy(speech_dir / "librispeech" / "61-70968-0000.flac", clips / "later.flac")  # the missing file arrives
+    summary = retry_failed(str(out))
+    assert summary.shards_ran == 1 and (summary.ok, summary.failed) == (3, 0)
+    after = {r["uri"]: r for r in _table(out, "files").to_pylist()}
+    later = str(clips / "later.flac")
+    assert after[later]["status"] == "ok" and after[later]["attempts"] == 2
+    for uri in before:
+        if uri != later:
+            assert after[uri] == before[uri]  # untouched rows stay byte for byte the same
+    text = duckdb.sql(f"select string_agg(text, ' ') from '{out}/segments/*.parquet' where uri = '{later}'").fetchall()[0][0]
+    assert "wizard" in text.lower()
+    assert verify(OutputStore(str(out))).ok
+    assert not list((out / "_retry").glob("*.json"))
+    assert retry_failed(str(out)).shards_ran == 0  # nothing left to retry
