@@ -49,6 +49,7 @@ def test_a_shard_with_good_and_bad_files(tmp_path, speech_dir, transcriber, conf
         assert "ffmpeg failed" in rows[name]["error_message"]
     # A truncated mp3 still decodes what it has: that is speech, not a failure.
     assert rows["truncated.mp3"]["status"] == "ok"
+    assert "decoded 5.3s of a 53.3s container" in rows["truncated.mp3"]["decode_warning"]
     assert all(r["attempts"] == 1 and r["node"] == "test-node" and r["cpu_threads"] == 2 for r in rows.values())
 
     segments = store.read_parquet(store.part_path("segments", 0))

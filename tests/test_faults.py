@@ -166,15 +166,35 @@ def test_permanent_storage_error_is_a_failed_row_not_a_retry(corpus, tmp_path):
     assert "forbidden" not in "".join(line for line in stderr.splitlines() if "retry" in line)
 
 
-def test_second_run_into_a_live_folder_is_refused(corpus, tmp_path):
+def listening(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.append(local.rsplit(":", 1)[0])
+    return found
+
+
+def test_second_run_into_a_live_folder_is_refused_and_ray_stays_private(corpus, tmp_path):
     out = tmp_path / "out"
-    first = start(corpus, out)
-    wait_until(lambda: (out / "_lease.json").exists(), what="the first run's lease")
+    secret = "AKIAEXAMPLESECRET0042"
+    first = start(corpus, out, "--storage-option", f"client_secret={secret}")
+    wait_until(lambda: (out / "_lease.json").exists() and markers(out) >= 1, what="the first run at work")
+    # The embedded Ray's dashboard listens on loopback only (7F000001 is 127.0.0.1).
+    assert listening(8265) and all(addr == "0100007F" for addr in listening(8265))
     code, _, stderr = finish(start(corpus, out))
     assert code == 2 and "is in use by another bulkscribe run" in stderr and "Traceback" not in stderr
-    code, _, stderr = finish(first)
+    code, stdout, stderr = finish(first)
     assert code == 0, stderr[-3000:]
+    assert "Token authentication is enabled" in stderr  # Ray 2.60's default, left on
     assert not (out / "_lease.json").exists()
+    # Storage options may hold credentials: they reach no file of the folder and no log line.
+    assert secret not in stdout + stderr
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
 
 
 @pytest.fixture
