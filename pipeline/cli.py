@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from pipeline.config import ActorOptions, JobSpec, WhisperOptions
@@ -34,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="summarise an output folder")
     status.add_argument("output", help="the output folder or URL")
     status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
+    submit = sub.add_parser(
+        "submit", help="send a run to a Ray cluster through its Jobs API (same options as run)",
+        description="Submit `bulkscribe run` as a Ray job. --address is the cluster's dashboard URL here.",
+    )
+    add_run_arguments(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the job's logs; exit with its status")
+    submit.add_argument("--no-pip", dest="pip", action="store_false",
+                        help="do not install bulkscribe's requirements in the job's environment (nodes have them)")
 
     retry = sub.add_parser("retry-failed", help="transcribe again only the failed files of an output folder")
     retry.add_argument("output", help="the output folder or URL")
@@ -117,17 +127,56 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if summary.complete else 1
 
 
+def _forwarded_run_args(argv: list[str]) -> list[str]:
+    """The arguments after `submit`, less those that belong to submitting."""
+    out, skip = [], False
+    for arg in argv[argv.index("submit") + 1:]:
+        if skip:
+            skip = False
+        elif arg == "--address":
+            skip = True
+        elif not (arg.startswith("--address=") or arg in ("--wait", "--no-pip")):
+            out.append(arg)
+    return out
+
+
+def submit_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from pipeline.submit import follow, submit
+
+    if not args.address:
+        raise ValueError("submit needs --address http://HEAD:8265 (the cluster's dashboard)")
+    spec = spec_from_args(args)  # refuse bad options here, before the cluster sees them
+    # The job runs in its own folder: local paths must be absolute (and shared by every node).
+    local = {*spec.inputs, spec.output} | ({args.model} if os.path.isdir(args.model) else set())
+    forwarded = [
+        os.path.abspath(a) if a in local and "://" not in a else a for a in _forwarded_run_args(argv)
+    ]
+    submission = submit(args.address, forwarded, [*spec.inputs, spec.output], pip=args.pip)
+    print(f"submitted {submission.job_id}")
+    for command in submission.follow_commands():
+        print(f"  {command}")
+    if not args.wait:
+        return 0
+    status = follow(submission)
+    print(f"job {submission.job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from pipeline.inputs import InputError
     from pipeline.lease import LeaseHeldError
     from pipeline.models import ModelError
     from pipeline.run import JobMismatchError
+    from pipeline.submit import SubmitError
 
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "submit":
+            return submit_command(args, argv)
         if args.command == "retry-failed":
             from pipeline.report import format_summary
             from pipeline.run import retry_failed
@@ -165,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['name']:<10} {row['description']}\n{'':<10} {row['state']}; model.bin sha256 {row['sha256']}")
             print("Also accepted: a local CTranslate2 folder, or any faster-whisper name (needs the network).")
             return 0
-    except (JobMismatchError, LeaseHeldError, ModelError, InputError, FileNotFoundError, ValueError) as exc:
+    except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, FileNotFoundError, ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -223,7 +223,13 @@ def _execute(
     import ray
     import ray.data
     from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ImportError:
+        # Inside a Ray job `tqdm` is not always the full package; there is no terminal
+        # there anyway, so log lines and the (disabled) bar cannot fight.
+        logging_redirect_tqdm = contextlib.nullcontext
 
     by_shard = {s: planned.filter(pc.equal(planned.column("shard"), s)) for s in pending}
     est_s = {s: sum(t.column("est_audio_s").to_pylist()) for s, t in by_shard.items()}
