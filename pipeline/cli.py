@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("output", help="the output folder or URL")
     verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    sub.add_parser("models", help="list the bundled models and whether they are installed")
+    models = sub.add_parser("models", help="list the bundled models and whether they are installed")
+    models.add_argument("--prepare", nargs="+", metavar="MODEL", default=[],
+                        help="assemble and verify these models now (once per node, e.g. in setup commands)")
     return parser
 
 
@@ -208,7 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             print(result.format())
             return 0 if result.ok else 1
         if args.command == "models":
-            from pipeline.models import catalog
+            from pipeline.models import catalog, resolve
+
+            for name in args.prepare:
+                model = resolve(name)
+                print(f"{name}: ready at {model.path} (sha256 {model.sha256} verified)")
+            if args.prepare:
+                return 0
 
             for row in catalog():
                 print(f"{row['name']:<10} {row['description']}\n{'':<10} {row['state']}; model.bin sha256 {row['sha256']}")

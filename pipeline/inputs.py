@@ -121,9 +121,19 @@ def _kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
 
 
 def _find(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
-    # fsspec's walk omits a folder whose listing fails unless told to raise: a
-    # transient error would silently drop files from the plan.
-    return retry(lambda: fs.find(path, detail=True, on_error="raise"), f"list {path}")
+    def find() -> dict[str, dict]:
+        # fsspec's walk omits a folder whose listing fails unless told to raise: a
+        # transient error would silently drop files from the plan.
+        try:
+            return fs.find(path, detail=True, on_error="raise")
+        except TypeError as exc:
+            if "on_error" not in str(exc):
+                raise
+            # A filesystem with a find of its own (s3fs lists a whole prefix in one
+            # request) raises on a failed listing anyway.
+            return fs.find(path, detail=True)
+
+    return retry(find, f"list {path}")
 
 
 def _list_audio(fs: fsspec.AbstractFileSystem, path: str, given: str) -> dict[str, int | None]:

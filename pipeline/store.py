@@ -99,9 +99,19 @@ class OutputStore:
         both win.
         """
         if not self.local:
-            # Check-then-put leaves a short window in which two commits of the same shard
-            # both succeed (the later overwrites with an equivalent marker); stores with
-            # conditional writes (If-None-Match: *) close it.
+            # fsspec's mode="create" is a conditional PUT on S3 (If-None-Match: *): the
+            # store itself refuses the second writer. A retry whose first try did land
+            # sees FileExistsError too, and reports "already committed": the marker holds
+            # this attempt's content either way.
+            try:
+                retry(lambda: self.fs.pipe_file(path, data, mode="create"), f"create {path}")
+                return True
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError):
+                pass
+            # A filesystem without create mode: check, then put. Two commits of one shard
+            # in the same instant could both write it (with equivalent markers).
             if retry(lambda: self.fs.exists(path), f"check {path}"):
                 return False
             retry(lambda: self.fs.pipe_file(path, data), f"write {path}")
@@ -122,6 +132,8 @@ class OutputStore:
             return None
 
     def glob(self, pattern: str) -> list[str]:
+        # Object-store filesystems cache listings; markers and parts appear while we run.
+        self.fs.invalidate_cache(posixpath.dirname(pattern))
         return sorted(retry(lambda: self.fs.glob(pattern), f"list {pattern}"))
 
     def delete(self, path: str) -> None:

@@ -74,3 +74,26 @@ def small_corpus(tmp_path, speech_dir) -> Path:
         shutil.copy(speech_dir / rel, folder / Path(rel).name)
     shutil.copy(speech_dir / "librispeech/1221-135766-0002.wav", folder / "it's a \"test\" $(touch pwned).wav")
     return folder
+
+
+FAULT_RUN_OPTIONS = ("--beam-size", "1", "--shard-minutes", "0.25", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, speech_dir) -> Path:
+    """13 real clips, about 100 s of speech, planned as 8 shards by FAULT_RUN_OPTIONS."""
+    folder = tmp_path_factory.mktemp("fault-corpus")
+    for clip in sorted((speech_dir / "librispeech").iterdir()):
+        shutil.copy(clip, folder / clip.name)
+    shutil.copy(speech_dir / "misc" / "LDC93S1.wav", folder / "LDC93S1.wav")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """The undisturbed local run that every fault scenario must equal."""
+    from tests.test_faults import run_ok
+
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run_ok(corpus, out)
+    return out

@@ -72,7 +72,7 @@ class FlakyFileSystem(LocalFileSystem):
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         self._fault(path)
         self.makedirs(self._parent(path), exist_ok=True)
-        return super().pipe_file(path, value, **kwargs)
+        return super().pipe_file(path, value, mode=mode, **kwargs)
 
     def info(self, path, **kwargs):
         self._fault(path)

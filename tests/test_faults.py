@@ -21,17 +21,7 @@ from tests.checks import check_output
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_OPTIONS = ("--beam-size", "1", "--shard-minutes", "0.25", "--no-progress")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, speech_dir) -> Path:
-    """12 real clips, about 85 s of speech, planned as 7 shards."""
-    folder = tmp_path_factory.mktemp("fault-corpus")
-    for clip in sorted((speech_dir / "librispeech").iterdir()):
-        shutil.copy(clip, folder / clip.name)
-    shutil.copy(speech_dir / "misc" / "LDC93S1.wav", folder / "LDC93S1.wav")
-    return folder
+from tests.conftest import FAULT_RUN_OPTIONS as RUN_OPTIONS
 
 
 def start(corpus: Path | str, out: Path | str, *extra: str, env: dict | None = None) -> subprocess.Popen:
@@ -61,7 +51,7 @@ def wait_until(condition, timeout: float = 120, what: str = "condition") -> None
         time.sleep(0.05)
 
 
-def markers(out: Path) -> int:
+def markers_in(out: Path) -> int:
     return len(list((out / "_commits").glob("*.json"))) if (out / "_commits").exists() else 0
 
 
@@ -90,14 +80,6 @@ def max_attempts(out: Path) -> int:
     return max(json.loads(p.read_text())["attempts"] for p in (out / "_attempts").glob("*.json"))
 
 
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> Path:
-    """The undisturbed run every scenario must equal."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    run_ok(corpus, out)
-    return out
-
-
 def test_actor_killed_mid_shard(corpus, reference, tmp_path):
     out = tmp_path / "out"
     process = start(corpus, out)
@@ -123,7 +105,7 @@ def test_driver_killed_between_parts_and_marker(corpus, reference, tmp_path):
     out = tmp_path / "out"
     code, _, _ = finish(start(corpus, out, env={"BULKSCRIBE_CRASH_AT": "after_parts_write"}))
     assert code == -signal.SIGKILL
-    assert list((out / "segments").glob("*.parquet")) and markers(out) < 7
+    assert list((out / "segments").glob("*.parquet")) and markers_in(out) < 8
     stdout = run_ok(corpus, out)
     assert "this run: " in stdout
     check_output(out, reference)
@@ -132,11 +114,11 @@ def test_driver_killed_between_parts_and_marker(corpus, reference, tmp_path):
 def test_driver_killed_mid_run_then_resumed(corpus, reference, tmp_path):
     out = tmp_path / "out"
     process = start(corpus, out)
-    wait_until(lambda: markers(out) >= 2, what="two commits")
+    wait_until(lambda: markers_in(out) >= 2, what="two commits")
     process.kill()
     finish(process)
-    committed = markers(out)
-    assert 2 <= committed < 7
+    committed = markers_in(out)
+    assert 2 <= committed < 8
     stdout = run_ok(corpus, out)
     assert f"{committed} already committed" in stdout
     check_output(out, reference)
@@ -148,7 +130,7 @@ def test_transient_storage_errors_are_retried(corpus, reference, tmp_path):
     code, stdout, stderr = finish(start(f"flaky://{corpus}", f"flaky://{out}", env=env))
     assert code == 0, stderr[-3000:]
     assert "retry 1/5" in stderr  # failures were injected, in the driver and in the actors
-    check_output(out, reference)
+    check_output(f"flaky://{out}", reference)
 
 
 def test_permanent_storage_error_is_a_failed_row_not_a_retry(corpus, tmp_path):
@@ -162,7 +144,7 @@ def test_permanent_storage_error_is_a_failed_row_not_a_retry(corpus, tmp_path):
     assert code == 0, stderr[-3000:]
     from tests.checks import statuses
 
-    assert statuses(out) == [("LDC93S1.wav", "ok", None), ("forbidden.wav", "failed", "permission_denied")]
+    assert statuses(f"flaky://{out}") == [("LDC93S1.wav", "ok", None), ("forbidden.wav", "failed", "permission_denied")]
     assert "forbidden" not in "".join(line for line in stderr.splitlines() if "retry" in line)
 
 
@@ -181,7 +163,7 @@ def test_second_run_into_a_live_folder_is_refused_and_ray_stays_private(corpus, 
     out = tmp_path / "out"
     secret = "AKIAEXAMPLESECRET0042"
     first = start(corpus, out, "--storage-option", f"client_secret={secret}")
-    wait_until(lambda: (out / "_lease.json").exists() and markers(out) >= 1, what="the first run at work")
+    wait_until(lambda: (out / "_lease.json").exists() and markers_in(out) >= 1, what="the first run at work")
     # The embedded Ray's dashboard listens on loopback only (7F000001 is 127.0.0.1).
     assert listening(8265) and all(addr == "0100007F" for addr in listening(8265))
     code, _, stderr = finish(start(corpus, out))
@@ -212,7 +194,7 @@ def cluster():
 def run_with_node_fault(corpus: Path, out: Path, address: str, fault) -> None:
     """Run on the cluster, call `fault()` after the first commit, and expect success."""
     process = start(corpus, out, "--address", address)
-    wait_until(lambda: markers(out) >= 1, what="a commit")
+    wait_until(lambda: markers_in(out) >= 1, what="a commit")
     fault()
     code, _, stderr = finish(process)
     assert code == 0, stderr[-3000:]

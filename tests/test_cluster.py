@@ -1,0 +1,99 @@
+"""Cluster configurations, and a real submit to a multi-node cluster on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.checks import check_output
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+
+
+@pytest.mark.parametrize("name, marker", [("aws-spot.yaml", "InstanceMarketOptions"), ("gcp-preemptible.yaml", "scheduling")])
+def test_launcher_configs_validate_against_rays_schema(name, marker):
+    import jsonschema
+    import ray
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((CLUSTER / name).read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    validate_config(prepare_config(config))  # what `ray up` checks: defaults filled, then validated
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"]["CPU"] == 0
+    workers = {k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]}
+    assert {v["resources"]["CPU"] for v in workers.values()} == {2, 4, 8}
+    for worker in workers.values():
+        assert worker["min_workers"] == 0 and marker in worker["node_config"]
+    assert config["idle_timeout_minutes"] > 0
+    setup = " ".join(config["setup_commands"])
+    assert "requirements/models.txt" in setup and "--require-hashes" in setup and "models --prepare" in setup
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
+def test_kuberay_rayjob_has_what_the_operator_requires():
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]
+    spec = job["spec"]
+    assert spec["entrypoint"].startswith("python jobs/transcribe.py ") and "--output" in spec["entrypoint"]
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"] and any(p.startswith("faster-whisper") for p in runtime_env["pip"])
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"].startswith("2.60") and cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert head["template"]["spec"]["containers"][0]["image"].startswith("rayproject/ray:2.60")
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["groupName"] and group["minReplicas"] == 0 and group["maxReplicas"] >= 1
+    container = group["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"]
+    assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
+
+
+def test_local_cluster_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(CLUSTER / "local-cluster.sh")], check=True)
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A head with 0 CPUs and workers of 1 and 2 CPUs, each a separate `ray start`."""
+    env = {**os.environ, "BULKSCRIBE_CLUSTER_DIR": str(tmp_path / "cluster"),
+           "RAY_HEAD_PORT": "6397", "RAY_DASHBOARD_PORT": "8297"}
+    script = str(CLUSTER / "local-cluster.sh")
+    subprocess.run([script, "start", "1", "2"], check=True, env=env, timeout=300)
+    try:
+        yield "http://127.0.0.1:8297"
+    finally:
+        subprocess.run([script, "stop"], env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_submit_to_a_multi_node_cluster(local_cluster, corpus, reference, tmp_path):
+    from tests.conftest import FAULT_RUN_OPTIONS
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "submit", str(corpus), "--output", str(out),
+         "--address", local_cluster, "--wait", *FAULT_RUN_OPTIONS,
+         # The nodes share this machine's environment, which has bulkscribe. (With pip, every
+         # node here would build the same pip environment in the one shared session folder
+         # at the same moment, and Ray's builds trample each other.)
+         "--no-pip"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "submitted raysubmit_" in done.stdout and "ray job logs --address" in done.stdout
+    assert "SUCCEEDED" in done.stdout
+    check_output(out, reference)
+    import duckdb
+
+    per_node = dict(duckdb.sql(f"select node, count(*) from '{out}/files/*.parquet' group by 1").fetchall())
+    assert len(per_node) == 2, per_node  # both worker nodes transcribed; the head (0 CPUs) did not

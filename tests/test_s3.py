@@ -1,0 +1,113 @@
+"""Inputs and outputs on S3 (a real S3 API server on loopback: moto's), and over HTTP."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.checks import check_output
+from tests.test_faults import finish, markers_in, run_ok, start, wait_until
+
+pytestmark = pytest.mark.slow
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(corpus):
+    """A moto S3 server on loopback with the fault corpus uploaded to s3://audio/in/."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        import s3fs
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+        fs.mkdir("audio")
+        for clip in sorted(corpus.iterdir()):
+            fs.put_file(str(clip), f"audio/in/{clip.name}")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_s3_in_and_out_resumes_exactly_once(s3, reference):
+    options = {"endpoint_url": s3}
+    out = "s3://audio/out-a"
+    code, _, stderr = finish(start("s3://audio/in", out, "--storage-option", f"endpoint_url={s3}",
+                                   env={"BULKSCRIBE_CRASH_AT": "after_parts_write"}))
+    assert code == -9  # the driver was killed between a shard's parts and its marker
+    run_ok("s3://audio/in", out, "--storage-option", f"endpoint_url={s3}")
+    check_output(out, reference, options)
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3)
+    fs.rm_file("audio/out-a/_commits/000002.json")
+    stdout = run_ok("s3://audio/in", out, "--storage-option", f"endpoint_url={s3}")
+    assert "this run: 1 shard(s) transcribed" in stdout
+    check_output(out, reference, options)
+    assert "this run: 0 shard(s) transcribed" in run_ok("s3://audio/in", out, "--storage-option", f"endpoint_url={s3}")
+
+
+def test_endpoint_from_the_environment_and_a_marker_is_create_only(s3, reference):
+    from pipeline.store import OutputStore
+
+    run_ok("s3://audio/in", "s3://audio/out-b", env={"AWS_ENDPOINT_URL": s3})
+    check_output("s3://audio/out-b", reference, {"endpoint_url": s3})
+    store = OutputStore("s3://audio/out-b", {"endpoint_url": s3})
+    before = store.read_marker(0)
+    assert store.commit(0, {"an": "impostor"}) is False  # If-None-Match: * refused it
+    assert store.read_marker(0) == before
+
+
+def test_http_inputs(corpus, tmp_path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(corpus))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        manifest = tmp_path / "urls.txt"
+        manifest.write_text(f"{base}/LDC93S1.wav\n{base}/61-70968-0000.flac\n{base}/missing.wav\n")
+        out = tmp_path / "out"
+        run_ok(str(manifest), out)
+        from tests.checks import statuses, transcripts
+
+        assert statuses(out) == [("61-70968-0000.flac", "ok", None), ("LDC93S1.wav", "ok", None),
+                                 ("missing.wav", "failed", "not_found")]
+        assert any("wizard" in t.lower() for *_, t in transcripts(out))
+    finally:
+        server.shutdown()
