@@ -5,6 +5,7 @@ Data flow, one module each: inputs → plan → audio (decode) → transcriber �
 """
 
 from pipeline.config import ActorOptions, JobSpec, WhisperOptions
+from pipeline.query import Output, open_output
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 
 __version__ = "0.1.0"
@@ -17,4 +18,4 @@ def run(spec: JobSpec):
     return _run(spec)
 
 
-__all__ = ["run", "JobSpec", "WhisperOptions", "ActorOptions", "SEGMENTS_SCHEMA", "FILES_SCHEMA", "__version__"]
+__all__ = ["run", "open_output", "Output", "JobSpec", "WhisperOptions", "ActorOptions", "SEGMENTS_SCHEMA", "FILES_SCHEMA", "__version__"]

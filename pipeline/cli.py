@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="summarise an output folder")
     status.add_argument("output", help="the output folder or URL")
     status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+    status.add_argument("--node-price", type=float, default=None, metavar="PRICE",
+                        help="price of one node-hour (any currency): also print cost per audio hour")
 
     submit = sub.add_parser(
         "submit", help="send a run to a Ray cluster through its Jobs API (same options as run)",
@@ -48,6 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry-failed", help="transcribe again only the failed files of an output folder")
     retry.add_argument("output", help="the output folder or URL")
     add_resource_arguments(retry)
+
+    query = sub.add_parser("query", help="run DuckDB SQL over the views segments, files and plan of an output folder")
+    query.add_argument("output", help="the output folder or URL")
+    query.add_argument("sql", help="e.g. \"select language, sum(duration_s)/3600 as hours from files group by 1\"")
+    query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                       help="table (default), csv, json (one object a line) or parquet (needs --to)")
+    query.add_argument("--to", default=None, help="write to this file instead of standard output")
+    query.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
+    find = sub.add_parser("search", help="find segments by words or \"a phrase\", ranked, with context")
+    find.add_argument("output", help="the output folder or URL")
+    find.add_argument("words", help='words (all must appear) and "quoted phrases"; case and punctuation ignored')
+    find.add_argument("--limit", type=int, default=20)
+    find.add_argument("--language", default=None, help="only segments in this language")
+    find.add_argument("--uri", dest="uri_like", default=None, help="only files whose uri is LIKE this, e.g. '%%/2019/%%'")
+    find.add_argument("--min-logprob", type=float, default=None, help="only segments at least this confident (avg_logprob)")
+    find.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
+    exp = sub.add_parser("export", help="write one subtitle or text file per transcribed file")
+    exp.add_argument("output", help="the output folder or URL")
+    exp.add_argument("--format", choices=["srt", "vtt", "txt", "json", "tsv"], required=True)
+    exp.add_argument("--to", default="transcripts", help="target folder (default: ./transcripts)")
+    exp.add_argument("--where", default=None, help="SQL condition on the files view, e.g. \"language = 'en'\"")
+    exp.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
     verify = sub.add_parser("verify", help="check an output folder: every unit once, no duplicate, parts match markers")
     verify.add_argument("output", help="the output folder or URL")
@@ -164,6 +190,60 @@ def submit_command(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+def query_command(args: argparse.Namespace) -> int:
+    from pipeline.query import open_output
+
+    relation = open_output(args.output, dict(args.storage_option)).sql(args.sql)
+    if args.format == "table":
+        text = str(relation)
+        if args.to:
+            with open(args.to, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            print(text)
+        return 0
+    table = relation.to_arrow_table()
+    if args.format == "parquet":
+        if not args.to:
+            raise ValueError("--format parquet needs --to FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, args.to, compression="zstd")
+        return 0
+    if args.format == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = args.to or sys.stdout.buffer
+        pacsv.write_csv(table, sink)
+        return 0
+    lines = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in table.to_pylist())
+    if args.to:
+        with open(args.to, "w", encoding="utf-8") as f:
+            f.write(lines)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from pipeline.export import format_timestamp
+    from pipeline.query import open_output
+    from pipeline.search import highlight, search
+
+    hits = search(open_output(args.output, dict(args.storage_option)), args.words, limit=args.limit,
+                  language=args.language, uri_like=args.uri_like, min_logprob=args.min_logprob)
+    mark = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("[", "]")
+    for hit in hits:
+        print(f"{hit.uri}  {format_timestamp(hit.start)}-{format_timestamp(hit.end)}")
+        if hit.before:
+            print(f"    ... {hit.before}")
+        print(f"  > {highlight(hit.text, args.words, mark)}")
+        if hit.after:
+            print(f"    {hit.after} ...")
+    print(f"{len(hits)} hit(s)" + (f" (the first {args.limit})" if len(hits) == args.limit else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -200,7 +280,23 @@ def main(argv: list[str] | None = None) -> int:
             store = OutputStore(args.output, dict(args.storage_option))
             if store.read_job() is None:
                 raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
-            print(format_summary(summarize(store)))
+            summary = summarize(store)
+            print(format_summary(summary))
+            if args.node_price is not None:
+                from pipeline.report import format_cost
+
+                print(format_cost(summary, args.node_price))
+            return 0
+        if args.command == "query":
+            return query_command(args)
+        if args.command == "search":
+            return search_command(args)
+        if args.command == "export":
+            from pipeline.export import export
+            from pipeline.query import open_output
+
+            written = export(open_output(args.output, dict(args.storage_option)), args.format, args.to, args.where)
+            print(f"wrote {len(written)} {args.format} file(s) below {args.to}")
             return 0
         if args.command == "verify":
             from pipeline.store import OutputStore

@@ -21,6 +21,7 @@ import fsspec
 import pyarrow as pa
 
 from pipeline.retry import retry
+from pipeline.store import strict_listing
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +122,7 @@ def _kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
 
 
 def _find(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict]:
-    def find() -> dict[str, dict]:
-        # fsspec's walk omits a folder whose listing fails unless told to raise: a
-        # transient error would silently drop files from the plan.
-        try:
-            return fs.find(path, detail=True, on_error="raise")
-        except TypeError as exc:
-            if "on_error" not in str(exc):
-                raise
-            # A filesystem with a find of its own (s3fs lists a whole prefix in one
-            # request) raises on a failed listing anyway.
-            return fs.find(path, detail=True)
-
-    return retry(find, f"list {path}")
+    return retry(lambda: strict_listing(fs, "find", path, detail=True), f"list {path}")
 
 
 def _list_audio(fs: fsspec.AbstractFileSystem, path: str, given: str) -> dict[str, int | None]:
@@ -146,7 +135,7 @@ def _list_audio(fs: fsspec.AbstractFileSystem, path: str, given: str) -> dict[st
         return {path: retry(lambda: fs.size(path), f"stat {path}")}
     elif _GLOB_CHARS & set(path):
         found = {}
-        for match, info in retry(lambda: fs.glob(path, detail=True), f"list {path}").items():
+        for match, info in retry(lambda: strict_listing(fs, "glob", path, detail=True), f"list {path}").items():
             found.update(_find(fs, match) if info["type"] == "directory" else {match: info})
     else:
         raise InputError(f"no such file or folder: {given}")

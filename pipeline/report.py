@@ -21,6 +21,7 @@ class Summary:
     failed: int
     audio_s: float
     wall_s: float
+    node_hours: float = 0.0
     failures: dict[str, tuple[int, str]] = field(default_factory=dict)  # error_type -> (count, example)
     shards_ran: int | None = None
     shards_skipped: int | None = None
@@ -51,6 +52,7 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
         failed=statuses["failed"],
         audio_s=sum(m["audio_s"] for m in markers) if audio_s is None else audio_s,
         wall_s=sum(r.get("wall_s", 0.0) for r in runs) if wall_s is None else wall_s,
+        node_hours=sum(r.get("wall_s", 0.0) * r.get("nodes", 0) for r in runs) / 3600,
     )
     if summary.failed:
         summary.failures = _failures(store, [m["shard"] for m in markers if m["statuses"].get("failed")])
@@ -70,6 +72,14 @@ def _failures(store: OutputStore, shards: list[int]) -> dict[str, tuple[int, str
             count, example = found.get(kind, (0, f"{uri}: {message}"))
             found[kind] = (count + 1, example)
     return dict(sorted(found.items(), key=lambda kv: -kv[1][0]))
+
+
+def format_cost(s: Summary, node_price: float) -> str:
+    """Cost from the recorded node-hours (wall time of each run times the nodes it used)."""
+    total = s.node_hours * node_price
+    hours = s.audio_s / 3600
+    per = f"{total / hours:.4f} per audio hour" if hours > 0 else "no audio yet"
+    return f"cost:    {s.node_hours:.3f} node-hours x {node_price:g} = {total:.4f}; {per}"
 
 
 def format_summary(s: Summary, *, this_run: bool = False) -> str:

@@ -204,6 +204,8 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
             "shards_ran": ran,
             "shards_skipped": skipped,
             "audio_s": audio_s,
+            # Nodes that did work, for node-hours (and cost) in `bulkscribe status`.
+            "nodes": len({r.node.split("/")[-1] for r in results if not r.skipped}),
         }
     )
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s)

@@ -127,14 +127,14 @@ class OutputStore:
 
     def read_json(self, path: str) -> dict[str, Any] | None:
         try:
-            return json.loads(retry(lambda: self.fs.cat_file(path), f"read {path}"))
+            return json.loads(self.read_bytes(path))
         except FileNotFoundError:
             return None
 
     def glob(self, pattern: str) -> list[str]:
         # Object-store filesystems cache listings; markers and parts appear while we run.
         self.fs.invalidate_cache(posixpath.dirname(pattern))
-        return sorted(retry(lambda: self.fs.glob(pattern), f"list {pattern}"))
+        return sorted(retry(lambda: strict_listing(self.fs, "glob", pattern), f"list {pattern}"))
 
     def delete(self, path: str) -> None:
         try:
@@ -169,9 +169,11 @@ class OutputStore:
         self.write_bytes(path, parquet_bytes(table))
         return path
 
+    def read_bytes(self, path: str) -> bytes:
+        return retry(lambda: self.fs.cat_file(path), f"read {path}")
+
     def read_parquet(self, path: str) -> pa.Table:
-        data = retry(lambda: self.fs.cat_file(path), f"read {path}")
-        return pq.read_table(pa.BufferReader(data))
+        return pq.read_table(pa.BufferReader(self.read_bytes(path)))
 
     # -- shards --------------------------------------------------------------------
 
@@ -216,6 +218,24 @@ class OutputStore:
 
     def runs(self) -> list[dict[str, Any]]:
         return [r for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
+
+
+def strict_listing(fs: fsspec.AbstractFileSystem, method: str, path: str, **kwargs):
+    """`fs.glob` or `fs.find` that raises when a listing fails.
+
+    fsspec's walk, under both, omits a folder whose listing fails unless told to raise:
+    one transient error would silently hide files (from the plan) or commit markers
+    (from a resume). Filesystems with their own listing (s3fs lists a whole prefix in
+    one request) take no `on_error` and raise anyway.
+    """
+    try:
+        return getattr(fs, method)(path, on_error="raise", **kwargs)
+    except FileNotFoundError:
+        return {} if kwargs.get("detail") else []  # no such folder: nothing matches
+    except TypeError as exc:
+        if "on_error" not in str(exc):
+            raise
+        return getattr(fs, method)(path, **kwargs)
 
 
 def _write_temp_beside(path: str, data: bytes) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.store import TABLES, OutputStore
 
@@ -68,14 +69,14 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
         for table in TABLES:
             path = store.part_path(table, shard)
             try:
-                data = store.fs.cat_file(path)
+                data = store.read_bytes(path)
             except FileNotFoundError:
                 v.problems.append(f"shard {shard}: marker exists but {table} part is missing")
                 continue
             expected = marker.get("parts", {}).get(table, {})
             if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
                 v.problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
-            part = store.read_parquet(path)
+            part = pq.read_table(pa.BufferReader(data))
             if part.num_rows != expected.get("rows"):
                 v.problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.get('rows')}")
             (files_parts if table == "files" else segment_parts).append(part)

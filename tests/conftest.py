@@ -97,3 +97,19 @@ def reference(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
     run_ok(corpus, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def transcribed(ray_cluster, tmp_path_factory, speech_dir) -> Path:
+    """A small real output folder (4 files, 3 with speech, several shards)."""
+    from pipeline.config import JobSpec, WhisperOptions
+    from pipeline.run import run
+
+    src = tmp_path_factory.mktemp("src")
+    for rel in ("misc/jfk.flac", "misc/LDC93S1.wav", "misc/empty_noise.wav", "librispeech/61-70968-0000.flac"):
+        (src / Path(rel).parent).mkdir(exist_ok=True)
+        shutil.copy(speech_dir / rel, src / rel)
+    out = tmp_path_factory.mktemp("q") / "out"
+    run(JobSpec(inputs=(str(src),), output=str(out), whisper=WhisperOptions(beam_size=1), progress=False,
+                shard_audio_s=10))
+    return out

@@ -30,6 +30,26 @@ _ERRORS = (
 )
 
 
+_inner = threading.local()
+
+
+def _request(method):
+    """One request to a store fails or succeeds as a whole: only the outermost call may
+    fault, and the calls it makes inside (ls stats each entry, pipe_file opens) never do."""
+
+    def call(self, path, *args, **kwargs):
+        if getattr(_inner, "active", False):
+            return method(self, path, *args, **kwargs)
+        self._fault(path)
+        _inner.active = True
+        try:
+            return method(self, path, *args, **kwargs)
+        finally:
+            _inner.active = False
+
+    return call
+
+
 class FlakyFileSystem(LocalFileSystem):
     protocol = ("flaky",)
     root_marker = "/"
@@ -47,11 +67,7 @@ class FlakyFileSystem(LocalFileSystem):
     def unstrip_protocol(self, name):
         return "flaky://" + self._strip_protocol(name)
 
-    _local = threading.local()
-
     def _fault(self, path) -> None:
-        if getattr(self._local, "inner", False):
-            return  # one request to a store fails or not as a whole: calls inside it never do
         if "forbidden" in str(path):
             raise PermissionError(13, "Access Denied", str(path))  # listed, but not readable
         every = int(os.environ.get("FLAKY_EVERY", "3"))
@@ -61,30 +77,15 @@ class FlakyFileSystem(LocalFileSystem):
             FlakyFileSystem.failures += 1
             raise _ERRORS[n % len(_ERRORS)]()
 
-    def _open(self, path, mode="rb", **kwargs):
-        self._fault(path)
-        return super()._open(path, mode=mode, **kwargs)
+    _open = _request(LocalFileSystem._open)
+    cat_file = _request(LocalFileSystem.cat_file)
+    info = _request(LocalFileSystem.info)
+    ls = _request(LocalFileSystem.ls)
 
-    def cat_file(self, path, start=None, end=None, **kwargs):
-        self._fault(path)
-        return super().cat_file(path, start=start, end=end, **kwargs)
-
+    @_request
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
-        self._fault(path)
         self.makedirs(self._parent(path), exist_ok=True)
-        return super().pipe_file(path, value, mode=mode, **kwargs)
-
-    def info(self, path, **kwargs):
-        self._fault(path)
-        return super().info(path, **kwargs)
-
-    def ls(self, path, detail=False, **kwargs):
-        self._fault(path)
-        self._local.inner = True
-        try:
-            return super().ls(path, detail=detail, **kwargs)
-        finally:
-            self._local.inner = False
+        return LocalFileSystem.pipe_file(self, path, value, mode=mode, **kwargs)
 
 
 def register() -> None:

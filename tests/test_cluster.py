@@ -97,3 +97,18 @@ def test_submit_to_a_multi_node_cluster(local_cluster, corpus, reference, tmp_pa
 
     per_node = dict(duckdb.sql(f"select node, count(*) from '{out}/files/*.parquet' group by 1").fetchall())
     assert len(per_node) == 2, per_node  # both worker nodes transcribed; the head (0 CPUs) did not
+    # Three 1-CPU actors on nodes of 1 and 2 CPUs: one on the small node, two on the big one.
+    assert sorted(actors_per_node(local_cluster).values()) == [1, 2]
+
+
+def actors_per_node(dashboard: str) -> dict[str, int]:
+    """How many ShardWorker actors the cluster ran on each node (Ray's state API keeps dead ones)."""
+    script = (
+        "import collections, json, sys\n"
+        "from ray.util.state import list_actors\n"
+        "actors = list_actors(address=sys.argv[1], detail=True, limit=1000)\n"
+        "print(json.dumps(collections.Counter(a.node_id for a in actors if 'ShardWorker' in a.class_name)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, dashboard], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_AUTH_MODE": "token"}, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

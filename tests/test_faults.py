@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import flaky_fs
 from tests.checks import check_output
+
+flaky_fs.register()  # the checks read flaky:// outputs from this process too
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,118 @@
+"""Write transcripts out as SRT, WebVTT, plain text, JSON or TSV: one file per unit.
+
+The formats follow whisper's own writers (`whisper/utils.py`): SRT timestamps always
+carry hours and a decimal comma, VTT ones carry hours only when needed and a decimal
+point, TSV has integer milliseconds, and "-->" inside text becomes "->". Files are
+named after their source, with the source's folder structure mirrored below the
+target folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Any, Iterable
+
+FORMATS = ("srt", "vtt", "txt", "json", "tsv")
+
+
+def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
+    milliseconds = round(seconds * 1000.0)
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    secs, milliseconds = divmod(milliseconds, 1_000)
+    hours_marker = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
+    return f"{hours_marker}{minutes:02d}:{secs:02d}{decimal_marker}{milliseconds:03d}"
+
+
+def _cue_text(text: str) -> str:
+    return text.strip().replace("-->", "->")
+
+
+def render(fmt: str, segments: list[dict[str, Any]], unit: dict[str, Any]) -> str:
+    """The text of one unit's transcript in `fmt`; `segments` in order, `unit` its files row."""
+    if fmt == "srt":
+        return "".join(
+            f"{i}\n{format_timestamp(s['start'], True, ',')} --> {format_timestamp(s['end'], True, ',')}\n"
+            f"{_cue_text(s['text'])}\n\n"
+            for i, s in enumerate(segments, start=1)
+        )
+    if fmt == "vtt":
+        return "WEBVTT\n\n" + "".join(
+            f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n{_cue_text(s['text'])}\n\n"
+            for s in segments
+        )
+    if fmt == "txt":
+        return "".join(f"{s['text'].strip()}\n" for s in segments)
+    if fmt == "tsv":
+        return "start\tend\ttext\n" + "".join(
+            f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
+            for s in segments
+        )
+    if fmt == "json":
+        return json.dumps(
+            {
+                "uri": unit["uri"],
+                "language": unit.get("language"),
+                "duration_s": unit.get("duration_s"),
+                "status": unit.get("status"),
+                "text": " ".join(s["text"].strip() for s in segments),
+                "segments": [
+                    {k: s[k] for k in ("segment", "start", "end", "text", "avg_logprob", "no_speech_prob",
+                                       "compression_ratio", "temperature", "words") if k in s}
+                    for s in segments
+                ],
+            },
+            ensure_ascii=False,
+            indent=2,
+            default=float,
+        ) + "\n"
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def target_names(uris: Iterable[str], fmt: str) -> dict[str, str]:
+    """A relative output path per URI: the source's path below the URIs' common folder,
+    its extension replaced by `fmt` (kept, when two sources would share a name)."""
+    uris = list(uris)
+    paths = {u: u.split("://", 1)[-1].lstrip("/") for u in uris}
+    common = posixpath.commonpath([posixpath.dirname(p) for p in paths.values()]) if paths else ""
+    rel = {u: posixpath.relpath(p, common) if common else p for u, p in paths.items()}
+    stems = {u: posixpath.splitext(r)[0] for u, r in rel.items()}
+    taken: dict[str, int] = {}
+    for stem in stems.values():
+        taken[stem] = taken.get(stem, 0) + 1
+    return {u: (stems[u] if taken[stems[u]] == 1 else rel[u]) + f".{fmt}" for u in uris}
+
+
+def export(output, fmt: str, to: str, where: str | None = None) -> list[str]:
+    """Write one `fmt` file per unit of `output` (an opened `pipeline.query.Output`) below `to`.
+
+    Args:
+        where: a DuckDB condition on the `files` view, e.g. "language = 'en'".
+
+    Returns:
+        The paths written.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    condition = f"where {where}" if where else ""
+    units = output.sql(f"select * from files {condition} order by uri").to_arrow_table().to_pylist()
+    wanted = [u["unit_id"] for u in units]
+    segments: dict[str, list[dict[str, Any]]] = {uid: [] for uid in wanted}
+    if wanted:
+        rows = output.sql(
+            "select * from segments where unit_id in (select unit_id from files "
+            f"{condition}) order by unit_id, segment"
+        ).to_arrow_table().to_pylist()
+        for row in rows:
+            segments[row["unit_id"]].append(row)
+    names = target_names([u["uri"] for u in units], fmt)
+    written = []
+    for unit in units:
+        path = os.path.join(to, names[unit["uri"]])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(render(fmt, segments[unit["unit_id"]], unit))
+        written.append(path)
+    return written
