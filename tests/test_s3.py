@@ -88,6 +88,11 @@ def test_endpoint_from_the_environment_and_a_marker_is_create_only(s3, reference
 
     run_ok("s3://audio/in", "s3://audio/out-b", env={"AWS_ENDPOINT_URL": s3})
     check_output("s3://audio/out-b", reference, {"endpoint_url": s3})
+    from pipeline.query import open_output
+
+    out = open_output("s3://audio/out-b", {"endpoint_url": s3})  # views through s3fs, no DuckDB extension
+    assert out.sql("select count(*) from files").fetchall()[0][0] == 13
+    assert out.sql("select count(distinct unit_id) from segments").fetchall()[0][0] == 13  # all hold speech
     store = OutputStore("s3://audio/out-b", {"endpoint_url": s3})
     before = store.read_marker(0)
     assert store.commit(0, {"an": "impostor"}) is False  # If-None-Match: * refused it
