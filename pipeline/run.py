@@ -70,7 +70,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             # Ray starts (or is joined) only when there is work: a finished job reruns in a second.
             if not cpus:
                 cpus.append(stack.enter_context(_ray_session(spec)))
-            return spec.actors.actors or max(1, int(cpus[0] // spec.actors.threads))
+            return _actor_count(spec.actors, cpus[0])
 
         if job is None:
             total_s = sum(plan.estimates(units))
@@ -163,7 +163,7 @@ def retry_failed(
                    address=address, storage_options=dict(storage_options or {}), progress=progress,
                    unit_timeout_s=unit_timeout_s)
     with Lease(store, "retry-failed"):
-        interrupted = {int(p.rsplit("/", 1)[1][:6]) for p in store.glob(store.path("_retry", "*.json"))}
+        interrupted = store.shards_in("_retry", "*.json")
         shards = sorted({m["shard"] for m in store.markers() if m["statuses"].get("failed")} | interrupted)
         results: list[ShardResult] = []
         if shards:
@@ -172,11 +172,15 @@ def retry_failed(
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": _iso(time.time())})
             config = _worker_config(spec, model_sha, job["fingerprint"])
             with _ray_session(spec) as cpus:
-                count = actors.actors or max(1, int(cpus // actors.threads))
-                results = _execute(store.read_plan(), shards, config, count, progress, mode="retry")
+                results = _execute(store.read_plan(), shards, config, _actor_count(actors, cpus), progress, mode="retry")
         else:
             logger.info("no failed units to retry")
     return _finish_run(store, started, results, len(shards), 0)
+
+
+def _actor_count(actors: ActorOptions, cpus: float) -> int:
+    """Actors in all: as asked, else one per `threads` CPUs the cluster offers."""
+    return actors.actors or max(1, int(cpus // actors.threads))
 
 
 def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str) -> WorkerConfig:

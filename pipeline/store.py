@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 TABLES = ("segments", "files")
 _PART_RE = re.compile(r"part-(\d{6,})\.parquet$")
-_MARKER_RE = re.compile(r"(\d{6,})\.json$")
+_SHARD_FILE_RE = re.compile(r"(\d{6,})\.(?:json|parquet)$")  # 000042.json, part-000042.parquet
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -190,9 +190,13 @@ class OutputStore:
         return created
 
     def committed(self) -> set[int]:
+        return self.shards_in("_commits", "*.json")
+
+    def shards_in(self, folder: str, pattern: str) -> set[int]:
+        """The shard numbers of the files in `folder` matching `pattern` (markers, parts, intents)."""
         found = set()
-        for p in self.glob(self.path("_commits", "*.json")):
-            m = _MARKER_RE.search(posixpath.basename(p))
+        for p in self.glob(self.path(folder, pattern)):
+            m = _SHARD_FILE_RE.search(posixpath.basename(p))
             if m:
                 found.add(int(m.group(1)))
         return found

@@ -82,10 +82,8 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
             (files_parts if table == "files" else segment_parts).append(part)
 
     for table in TABLES:
-        for path in store.glob(store.path(table, "part-*.parquet")):
-            shard = int(path.rsplit("part-", 1)[1].split(".")[0])
-            if shard not in committed:
-                v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; a rerun replaces it)")
+        for shard in sorted(store.shards_in(table, "part-*.parquet") - committed):
+            v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; a rerun replaces it)")
 
     files = pa.concat_tables(files_parts, promote_options="permissive") if files_parts else None
     segments = pa.concat_tables(segment_parts) if segment_parts else None
