@@ -1,24 +1,30 @@
-"""Throughput and accuracy: plain faster-whisper against `bulkscribe run`, side by side.
+"""Throughput, accuracy and memory of `bulkscribe run`, each against its reference, side by side.
 
-Builds a corpus of at least 10 minutes from the bundled clips that have reference
-texts (several files, each a sequence of clips with short pauses), then runs, one after
-the other on the same machine:
+Four comparisons, each run one side after the other on this machine, in one process tree:
 
-  plain       a loop of WhisperModel(<tiny.en folder>, compute_type="int8").transcribe(path)
-              with faster-whisper's defaults (beam 5, no VAD, its default threads)
-  bulkscribe  `bulkscribe run CORPUS --output OUT` with its defaults (embedded Ray,
-              one 1-thread actor per core, beam 5, VAD), Ray start-up included
+  long      10 min of real read speech in 8 files (bundled clips with references, joined
+            with short pauses): plain faster-whisper against the default `bulkscribe run`.
+  short     200 clips of at most 15 s: the same two sides.
+  overhead  at least an hour of speech in 8 files: `bulkscribe run` against a hand-written
+            multiprocessing pool running the same engine with the same options (one
+            1-thread process per core, model loaded once per process), Ray start included.
+  memory    `bulkscribe run` on a 5-minute file and on a 3-hour file: the peak resident
+            memory of the busiest actor of each (recorded by the actor in its commit markers).
 
-and prints the real-time factor (audio seconds per wall second) of each, their ratio,
-and the WER of each with the Whisper English normalizer.
+"plain" is a loop of WhisperModel(<tiny.en folder>, compute_type="int8").transcribe(path)
+with faster-whisper's defaults (beam 5, temperature fallback, no VAD, its own threads),
+model loading included. Each side's real-time factor (audio seconds per wall second) is
+printed with its WER (Whisper's English normalizer) and the ratio, next to the target.
 
-    python bench/throughput.py [--minutes 10] [--files 8] [-- extra bulkscribe run options]
+    python bench/throughput.py [--only long,short,overhead,memory] [--minutes 10] [--hours 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -34,14 +40,31 @@ from pipeline import audio, models
 from pipeline.evaluate import wer
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEECH = ROOT / "tests" / "data" / "speech"
+SPEECH_FOLDERS = (ROOT / "tests" / "data" / "speech", ROOT / "tests" / "data" / "bench-speech")
 WORK = ROOT / "bench" / "_work"
 PAUSE_S = 0.6
+SHORT_MAX_S = 15.0
 
 
-def clips_with_references() -> list[tuple[Path, str]]:
-    with open(SPEECH / "manifest.csv", newline="", encoding="utf-8") as f:
-        return [(SPEECH / r["path"], r["reference_text"]) for r in csv.DictReader(f) if r["reference_text"]]
+def clips_with_references(max_s: float | None = None) -> list[tuple[Path, str]]:
+    """The bundled recordings that have a reference text (at most `max_s` long)."""
+    clips = []
+    for folder in SPEECH_FOLDERS:
+        with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
+            clips += [
+                (folder / r["path"], r["reference_text"]) for r in csv.DictReader(f)
+                if r["reference_text"] and (max_s is None or float(r["duration_s"]) <= max_s)
+            ]
+    return clips
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(audio.SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
 
 
 def build_corpus(folder: Path, minutes: float, files: int) -> dict[str, str]:
@@ -49,24 +72,43 @@ def build_corpus(folder: Path, minutes: float, files: int) -> dict[str, str]:
     clips = [(audio.decode(str(p)).samples, ref) for p, ref in clips_with_references()]
     pause = np.zeros(int(PAUSE_S * audio.SAMPLE_RATE), np.float32)
     target = minutes * 60 * audio.SAMPLE_RATE / files
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     refs, rng = {}, np.random.default_rng(0)
+    order: list[int] = []
     for i in range(files):
         parts, texts, n = [], [], 0
         while n < target:
-            samples, ref = clips[int(rng.integers(len(clips)))]
+            # Shuffled rounds over all clips: no clip twice in a row, as in real speech
+            # (Whisper tends to skip a sentence repeated verbatim).
+            if not order:
+                order = list(rng.permutation(len(clips)))
+            samples, ref = clips[order.pop()]
             parts += [samples, pause]
             texts.append(ref)
             n += len(samples) + len(pause)
         path = folder / f"reading-{i:02d}.wav"
-        pcm = (np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2")
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(audio.SAMPLE_RATE)
-            w.writeframes(pcm.tobytes())
+        write_wav(path, np.concatenate(parts))
         refs[str(path)] = " ".join(texts)
     return refs
+
+
+def build_short(folder: Path, count: int) -> dict[str, str]:
+    """`count` copies, under new names, of the bundled clips of at most 15 s."""
+    clips = clips_with_references(SHORT_MAX_S)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    refs = {}
+    for i in range(count):
+        source, ref = clips[i % len(clips)]
+        path = folder / f"clip-{i:04d}{source.suffix}"
+        shutil.copyfile(source, path)
+        refs[str(path)] = ref
+    return refs
+
+
+def audio_seconds(paths: list[str]) -> float:
+    return sum(audio.decode(p).duration_s for p in paths)
 
 
 def run_plain(paths: list[str]) -> tuple[float, dict[str, str]]:
@@ -81,46 +123,127 @@ def run_plain(paths: list[str]) -> tuple[float, dict[str, str]]:
     return time.perf_counter() - start, texts
 
 
-def run_bulkscribe(corpus: Path, out: Path, extra: list[str]) -> tuple[float, dict[str, str]]:
+def run_bulkscribe(corpus: Path, out: Path, extra: list[str] = ()) -> tuple[float, dict[str, str]]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--output", str(out), "--no-progress", *extra],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - start
     rows = duckdb.sql(
-        f"select uri, string_agg(text, ' ' order by segment) from '{out}/segments/*.parquet' group by uri"
+        f"select uri, string_agg(text, ' ' order by start) from '{out}/segments/*.parquet' group by uri"
     ).fetchall()
     return wall, dict(rows)
 
 
+_pool_transcriber = None
+
+
+def _pool_init(model_path: str) -> None:
+    global _pool_transcriber
+    from pipeline.config import WhisperOptions
+    from pipeline.transcriber import Transcriber
+
+    _pool_transcriber = Transcriber(model_path, WhisperOptions(), cpu_threads=1, batch_size=8)
+
+
+def _pool_transcribe(path: str) -> tuple[str, str]:
+    transcript = _pool_transcriber.transcribe(audio.decode(path).samples)
+    return path, " ".join(s.text for s in transcript.segments)
+
+
+def run_pool(paths: list[str]) -> tuple[float, dict[str, str]]:
+    """The hand-written reference: one 1-thread process per core, a file per task."""
+    start = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(len(os.sched_getaffinity(0)), _pool_init, (models.resolve("tiny.en").path,)) as pool:
+        texts = dict(pool.imap_unordered(_pool_transcribe, paths, chunksize=1))
+    return time.perf_counter() - start, texts
+
+
+def peak_rss_mb(out: Path) -> float:
+    markers = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
+    return max(m["peak_rss_mb"] for m in markers)
+
+
+def report(title: str, audio_s: float, sides: dict, refs: dict[str, str] | None, target: str) -> float:
+    paths = sorted(refs) if refs else []
+    print(f"\n## {title}: {audio_s / 60:.1f} min of audio; target: {target}")
+    print(f"{'side':<28} {'wall s':>8} {'x real time':>12} {'WER':>7}")
+    for name, (wall, texts) in sides.items():
+        score = f"{wer([refs[p] for p in paths], [texts.get(p, '') for p in paths]):.2%}" if refs else "-"
+        print(f"{name:<28} {wall:>8.1f} {audio_s / wall:>12.1f} {score:>7}")
+    (_, (base, _)), (_, (ours, _)) = list(sides.items())
+    ratio = base / ours
+    print(f"ratio: {ratio:.2f}x")
+    return ratio
+
+
+def bench_long(minutes: float) -> None:
+    refs = build_corpus(WORK / "long", minutes, 8)
+    paths = sorted(refs)
+    sides = {"plain faster-whisper": run_plain(paths), "bulkscribe run": run_bulkscribe(WORK / "long", WORK / "out-long")}
+    report("long-form speech", audio_seconds(paths), sides, refs, ">= 3.5x plain, WER no worse")
+
+
+def bench_short(count: int) -> None:
+    refs = build_short(WORK / "short", count)
+    paths = sorted(refs)
+    sides = {"plain faster-whisper": run_plain(paths), "bulkscribe run": run_bulkscribe(WORK / "short", WORK / "out-short")}
+    report(f"{count} short clips (<= {SHORT_MAX_S:.0f} s)", audio_seconds(paths), sides, refs,
+           ">= 4.0x plain, WER no worse")
+
+
+def bench_overhead(hours: float) -> None:
+    refs = build_corpus(WORK / "hour", hours * 60, 8)
+    paths = sorted(refs)
+    sides = {"hand-written process pool": run_pool(paths), "bulkscribe run": run_bulkscribe(WORK / "hour", WORK / "out-hour")}
+    report("overhead", audio_seconds(paths), sides, refs, ">= 0.95x the process pool")
+
+
+def bench_memory() -> None:
+    clips = [audio.decode(str(p)).samples for p, _ in clips_with_references()]
+    speech = np.concatenate([np.concatenate([c, np.zeros(int(PAUSE_S * audio.SAMPLE_RATE), np.float32)]) for c in clips])
+    peaks = {}
+    for name, seconds in (("5-minute file", 300), ("3-hour file", 3 * 3600)):
+        folder = WORK / f"mem-{seconds}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        reps = int(np.ceil(seconds * audio.SAMPLE_RATE / len(speech)))
+        write_wav(folder / "long.wav", np.tile(speech, reps)[: seconds * audio.SAMPLE_RATE])
+        wall, _ = run_bulkscribe(folder, WORK / f"out-mem-{seconds}")
+        peaks[name] = (peak_rss_mb(WORK / f"out-mem-{seconds}"), wall, seconds)
+    print("\n## memory: peak resident memory of an actor; target: 3-hour file <= 1.2x the 5-minute file")
+    print(f"{'run':<16} {'peak RSS MB':>12} {'wall s':>8} {'x real time':>12}")
+    for name, (peak, wall, seconds) in peaks.items():
+        print(f"{name:<16} {peak:>12.0f} {wall:>8.1f} {seconds / wall:>12.1f}")
+    print(f"ratio 3-hour / 5-minute: {peaks['3-hour file'][0] / peaks['5-minute file'][0]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("extra", nargs="*", help="extra `bulkscribe run` options, after --")
+    parser.add_argument("--only", default="long,short,overhead,memory")
+    parser.add_argument("--minutes", type=float, default=10.0, help="long-form corpus (default 10)")
+    parser.add_argument("--clips", type=int, default=200, help="short clips (default 200)")
+    parser.add_argument("--hours", type=float, default=1.0, help="overhead corpus (default 1)")
     args = parser.parse_args()
+    import platform
 
-    corpus = WORK / "corpus"
-    shutil.rmtree(corpus, ignore_errors=True)
-    refs = build_corpus(corpus, args.minutes, args.files)
-    paths = sorted(refs)
-    audio_s = sum(wave.open(p).getnframes() for p in paths) / audio.SAMPLE_RATE
-    print(f"corpus: {len(paths)} files, {audio_s / 60:.1f} min of real read speech; "
-          f"{os.cpu_count()} CPUs; {' '.join(args.extra) or 'default options'}")
+    from pipeline.tune import load_profile, node_shape
 
-    results = {}
-    plain_wall, plain_text = run_plain(paths)
-    results["plain faster-whisper"] = (plain_wall, plain_text)
-    bulk_wall, bulk_text = run_bulkscribe(corpus, WORK / "out", args.extra)
-    results["bulkscribe run"] = (bulk_wall, bulk_text)
-
-    print(f"{'side':<22} {'wall s':>8} {'x real time':>12} {'WER':>7}")
-    for name, (wall, texts) in results.items():
-        score = wer([refs[p] for p in paths], [texts.get(p, "") for p in paths])
-        print(f"{name:<22} {wall:>8.1f} {audio_s / wall:>12.1f} {score:>7.2%}")
-    print(f"ratio bulkscribe / plain: {plain_wall / bulk_wall:.2f}x")
+    shape = node_shape()
+    print(f"machine: {shape['cpu_model']}, {shape['cpus']} CPUs, {shape['memory_gib']} GiB; {platform.python_version()}; "
+          f"tuning profile: {load_profile() or 'none (defaults)'}")
+    wanted = args.only.split(",")
+    if "long" in wanted:
+        bench_long(args.minutes)
+    if "short" in wanted:
+        bench_short(args.clips)
+    if "overhead" in wanted:
+        bench_overhead(args.hours)
+    if "memory" in wanted:
+        bench_memory()
 
 
 if __name__ == "__main__":

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import io
 import logging
+import resource
 import socket
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
-from pipeline import audio, models
+from pipeline import audio, models, plan, windows
 from pipeline.config import WhisperOptions
 from pipeline.faults import crashpoint
 from pipeline.schema import FILES_SCHEMA, STATUSES, files_table, segments_table
@@ -32,9 +35,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_BASE_S = 60.0
 DEFAULT_TIMEOUT_PER_AUDIO_S = 10.0
 DECODE_TIMEOUT_S = 1800.0
+# Decoded audio transcribed in one batched call (short clips of many files share windows),
+# and audio decoded ahead of transcription (bounds memory: 4 bytes a sample, 16 kHz).
+GROUP_AUDIO_S = 240.0
+DECODE_AHEAD_S = 600.0
 
 # Plan columns that describe the unit itself; any other column came from a manifest.
-PLAN_COLUMNS = ("shard", "unit_id", "uri", "size_bytes", "est_audio_s", "start_s", "end_s")
+PLAN_COLUMNS = ("shard", "unit_id", "uri", "size_bytes", "est_audio_s", "start_s", "end_s", "split")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class WorkerConfig:
     fingerprint: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     unit_timeout_s: float | None = None
+    batch_size: int = 8
 
     def transcribe_budget_s(self, audio_s: float) -> float:
         """Time a unit of `audio_s` seconds may take to transcribe."""
@@ -72,6 +80,7 @@ class ShardResult:
     audio_s: float
     wall_s: float
     node: str
+    peak_rss_mb: float | None = None
 
 
 def encode_units(table: pa.Table) -> bytes:
@@ -107,7 +116,7 @@ def load_transcriber(config: WorkerConfig) -> Transcriber:
             f"model {config.model_name!r} on {socket.gethostname()} has sha256 {model.sha256}, "
             f"but the job was planned with {config.model_sha256}"
         )
-    return Transcriber(model.path, config.whisper, config.threads)
+    return Transcriber(model.path, config.whisper, config.threads, batch_size=config.batch_size)
 
 
 class ShardWorker:
@@ -146,8 +155,7 @@ def process_shard(
     started = time.time()
     file_rows: list[dict[str, Any]] = []
     segment_rows: list[dict[str, Any]] = []
-    for unit in units.select(["unit_id", "uri", "size_bytes", "start_s", "end_s"]).to_pylist():
-        row, segments = transcribe_unit(unit, shard, transcriber, config, attempt=attempt, node=node)
+    for row, segments in transcribe_units(_unit_dicts(units), shard, transcriber, config, attempt=attempt, node=node):
         file_rows.append(row)
         segment_rows.extend(segments)
     if (marker := store.read_marker(shard)) is not None:
@@ -180,16 +188,12 @@ def retry_failed_units(
     old_rows = {r["unit_id"]: r for r in old_files.select(FILES_SCHEMA.names).to_pylist()}
     failed = {uid for uid, r in old_rows.items() if r["status"] == "failed"}
     attempt = store.next_attempt(shard)
-    file_rows: list[dict[str, Any]] = []
+    todo = [u for u in _unit_dicts(units) if u["unit_id"] in failed]
+    new_rows: dict[str, dict[str, Any]] = {}
     new_segments: dict[str, list[dict[str, Any]]] = {}
-    for unit in units.select(["unit_id", "uri", "size_bytes", "start_s", "end_s"]).to_pylist():
-        if unit["unit_id"] in failed:
-            row, new_segments[unit["unit_id"]] = transcribe_unit(
-                unit, shard, transcriber, config, attempt=attempt, node=node
-            )
-        else:
-            row = old_rows[unit["unit_id"]]
-        file_rows.append(row)
+    for row, segments in transcribe_units(todo, shard, transcriber, config, attempt=attempt, node=node):
+        new_rows[row["unit_id"]], new_segments[row["unit_id"]] = row, segments
+    file_rows = [new_rows.get(uid, old_rows[uid]) for uid in units.column("unit_id").to_pylist()]
     segment_rows = [r for r in old_segments.to_pylist() if r["unit_id"] not in new_segments]
     segment_rows += [r for rows in new_segments.values() for r in rows]
     order = {uid: i for i, uid in enumerate(units.column("unit_id").to_pylist())}
@@ -198,6 +202,13 @@ def retry_failed_units(
     store.write_json(store.marker_path(shard), marker)
     store.delete(retry_intent_path(store, shard))
     return _result_from_marker(shard, marker, skipped=False, committed=True)
+
+
+def _unit_dicts(units: pa.Table) -> list[dict[str, Any]]:
+    columns = ["unit_id", "uri", "size_bytes", "start_s", "end_s"]
+    if "split" in units.column_names:
+        columns.append("split")
+    return units.select(columns).to_pylist()
 
 
 def retry_intent_path(store: OutputStore, shard: int) -> str:
@@ -238,6 +249,8 @@ def _write_parts(
         "started_at": _iso(started),
         "finished_at": _iso(finished),
         "wall_s": finished - started,
+        # The actor process's peak resident memory so far (ffmpeg not included).
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -255,22 +268,71 @@ def _result_from_marker(shard: int, marker: dict[str, Any], skipped: bool, commi
         audio_s=marker["audio_s"],
         wall_s=marker["wall_s"],
         node=marker["node"],
+        peak_rss_mb=marker.get("peak_rss_mb"),
     )
 
 
-def transcribe_unit(
-    unit: dict[str, Any],
+def transcribe_units(
+    units: list[dict[str, Any]],
     shard: int,
     transcriber: Transcriber,
     config: WorkerConfig,
     *,
     attempt: int,
     node: str,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Decode and transcribe one unit; returns its `files` row and its segment rows.
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Decode and transcribe `units`, in order: for each, its `files` row and segment rows.
 
-    Every failure that belongs to this file (missing, unreadable, not audio, no audio
-    stream, rejected by the model) becomes a `failed` row with its type and message.
+    One thread decodes ahead (ffmpeg runs in its own process) while this one transcribes,
+    so the CPU does not wait for decoding. Decoded units are transcribed together up to
+    `GROUP_AUDIO_S` of audio, so that the batched engine packs short clips of several
+    files into one 30 s window. Every failure that belongs to one file (missing,
+    unreadable, not audio, no audio stream, rejected by the model, over its time limit)
+    becomes a `failed` row with its type and message.
+    """
+    group: list[tuple[dict[str, Any], dict[str, Any], audio.Decoded]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkscribe-decode") as pool:
+        for unit, row, decoded in _decode_ahead(units, shard, config, attempt, node, pool):
+            if decoded is None:
+                yield row, []
+                continue
+            group.append((unit, row, decoded))
+            if sum(d.duration_s for _, _, d in group) >= GROUP_AUDIO_S:
+                yield from _transcribe_group(group, shard, transcriber, config)
+                group = []
+        yield from _transcribe_group(group, shard, transcriber, config)
+
+
+def _decode_ahead(units, shard, config, attempt, node, pool) -> Iterator[tuple[dict, dict, audio.Decoded | None]]:
+    """`decode_unit` of every unit, in order, computed up to `DECODE_AHEAD_S` of audio ahead."""
+    pending: deque = deque()
+    queued_s = 0.0
+    for unit in units:
+        est = _est_audio_s(unit)
+        while pending and queued_s + est > DECODE_AHEAD_S:
+            future, s = pending.popleft()
+            queued_s -= s
+            yield future.result()
+        pending.append((pool.submit(decode_unit, unit, shard, config, attempt, node), est))
+        queued_s += est
+    while pending:
+        yield pending.popleft()[0].result()
+
+
+def _est_audio_s(unit: dict[str, Any]) -> float:
+    if unit.get("end_s") is not None:
+        return unit["end_s"] - (unit["start_s"] or 0.0)
+    return plan.estimate_audio_s(unit["uri"], unit["size_bytes"])
+
+
+def decode_unit(
+    unit: dict[str, Any], shard: int, config: WorkerConfig, attempt: int, node: str
+) -> tuple[dict[str, Any], dict[str, Any], audio.Decoded | None]:
+    """Decode one unit (the window that `windows.cut` gives for a split file).
+
+    Returns:
+        The unit, its `files` row so far, and the decoded audio; None instead of the
+        audio when the row is already final (failed, or no audio at all).
     """
     row: dict[str, Any] = {
         "unit_id": unit["unit_id"],
@@ -282,6 +344,8 @@ def transcribe_unit(
         "decode_warning": None,
         "attempts": attempt,
         "size_bytes": unit["size_bytes"],
+        "start_s": unit["start_s"] or 0.0,
+        "end_s": unit["end_s"],
         "duration_s": None,
         "language": None,
         "language_probability": None,
@@ -296,47 +360,75 @@ def transcribe_unit(
         "finished_at": None,
     }
     t0 = time.perf_counter()
+    timeout_s = config.unit_timeout_s or DECODE_TIMEOUT_S
     try:
+        if unit.get("split"):
+            row["start_s"], row["end_s"] = windows.cut(
+                unit["uri"], row["start_s"], row["end_s"], config.storage_options, timeout_s
+            )
         decoded = audio.decode(
             unit["uri"],
-            start_s=unit["start_s"] or 0.0,
-            end_s=unit["end_s"],
+            start_s=row["start_s"],
+            end_s=row["end_s"],
             storage_options=config.storage_options,
-            timeout_s=config.unit_timeout_s or DECODE_TIMEOUT_S,
+            timeout_s=timeout_s,
         )
     except audio.DecodeError as exc:
-        return _failed(row, exc.error_type, str(exc), t0), []
+        return unit, _failed(row, exc.error_type, str(exc), t0), None
     except FileNotFoundError as exc:
-        return _failed(row, "not_found", f"{unit['uri']}: {exc.strerror or exc}", t0), []
+        return unit, _failed(row, "not_found", f"{unit['uri']}: {exc.strerror or exc}", t0), None
     except PermissionError as exc:
-        return _failed(row, "permission_denied", f"{unit['uri']}: {exc.strerror or exc}", t0), []
+        return unit, _failed(row, "permission_denied", f"{unit['uri']}: {exc.strerror or exc}", t0), None
     except IsADirectoryError as exc:
-        return _failed(row, "not_a_file", f"{unit['uri']}: {exc.strerror or exc}", t0), []
-    t1 = time.perf_counter()
-    row["decode_s"] = t1 - t0
+        return unit, _failed(row, "not_a_file", f"{unit['uri']}: {exc.strerror or exc}", t0), None
+    row["decode_s"] = time.perf_counter() - t0
     row["duration_s"] = decoded.duration_s
     row["decode_warning"] = decoded.warning
     if len(decoded.samples) == 0:
-        return _finish(row, "no_speech"), []
-    budget_s = config.transcribe_budget_s(decoded.duration_s)
+        return unit, _finish(row, "no_speech"), None
+    return unit, row, decoded
+
+
+def _transcribe_group(group, shard, transcriber, config) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Transcribe decoded units together; alone again if the group fails or runs late,
+    so that one bad file fails only itself."""
+    if not group:
+        return
+    t1 = time.perf_counter()
+    budget_s = sum(config.transcribe_budget_s(d.duration_s) for _, _, d in group)
     try:
-        transcript = transcriber.transcribe(decoded.samples, deadline=time.monotonic() + budget_s)
-    except UnitTimeout as exc:
+        transcripts = transcriber.transcribe_many([d.samples for _, _, d in group], deadline=time.monotonic() + budget_s)
+    except (UnitTimeout, RuntimeError, ValueError) as exc:
+        if len(group) > 1:
+            for member in group:
+                yield from _transcribe_group([member], shard, transcriber, config)
+            return
+        unit, row, decoded = group[0]
         row["transcribe_s"] = time.perf_counter() - t1
-        return _failed(row, "timeout", f"{exc} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)", t0), []
-    except (RuntimeError, ValueError) as exc:
-        # CTranslate2 and faster-whisper report a bad input this way; anything else is ours.
-        logger.exception("transcription of %s failed", unit["uri"])
-        row["transcribe_s"] = time.perf_counter() - t1
-        return _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}", t0), []
-    row["transcribe_s"] = time.perf_counter() - t1
+        if isinstance(exc, UnitTimeout):
+            message = f"{exc} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)"
+            yield _failed(row, "timeout", message, t1), []
+        else:
+            # CTranslate2 and faster-whisper report a bad input this way; anything else is ours.
+            logger.exception("transcription of %s failed", unit["uri"])
+            yield _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}", t1), []
+        return
+    elapsed = time.perf_counter() - t1
+    total_s = sum(d.duration_s for _, _, d in group) or 1.0
+    for (unit, row, decoded), transcript in zip(group, transcripts):
+        # The group's time, shared by audio length.
+        row["transcribe_s"] = elapsed * decoded.duration_s / total_s
+        yield _rows(unit, row, transcript, shard, config)
+
+
+def _rows(unit, row, transcript: Transcript, shard: int, config: WorkerConfig) -> tuple[dict, list[dict]]:
     segments = speech_segments(transcript, config.whisper)
     if not segments:
         return _finish(row, "no_speech"), []
     row["language"] = transcript.language
     row["language_probability"] = transcript.language_probability
     row["segments"] = len(segments)
-    offset = unit["start_s"] or 0.0
+    offset = row["start_s"]
     seg_rows = [
         {
             "unit_id": unit["unit_id"],

@@ -126,6 +126,27 @@ def decode(
         return _run_ffmpeg(tmp.name, start_s, end_s, timeout_s)
 
 
+def probe_duration(uri: str, timeout_s: float | None = 60.0) -> float | None:
+    """The duration a local file's container declares (ffmpeg reads its header only),
+    or None if it cannot tell."""
+    path = local_path(uri)
+    if path is None:
+        return None
+    source = f"file:{os.path.abspath(path)}"
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        source = os.fsencode(source)
+    try:
+        done = subprocess.run(
+            [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", source],
+            capture_output=True, timeout=timeout_s, check=False,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    return _container_seconds(done.stderr.decode("utf-8", "replace"))
+
+
 def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float | None) -> Decoded:
     import ffmpeg
 

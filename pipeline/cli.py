@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="transcribe inputs into an output folder (resumes what is there)")
     add_run_arguments(run)
 
+    tune = sub.add_parser("tune", help="measure actors x threads x batch size on this node; `run` then uses the best")
+    tune.add_argument("--model", default=WhisperOptions().model, help="the model to measure with (default tiny.en)")
+    tune.add_argument("--audio", default=None, metavar="FOLDER", help="sample audio (default: the bundled clips)")
+
     status = sub.add_parser("status", help="summarise an output folder")
     status.add_argument("output", help="the output folder or URL")
     status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
@@ -94,22 +98,32 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and decoding (changing any of these needs a new output folder)")
     g.add_argument("--model", default=d.model, help="bundled name (tiny.en, base), a CTranslate2 folder, or a faster-whisper name")
     g.add_argument("--compute-type", default=d.compute_type, help="CTranslate2 compute type")
-    g.add_argument("--beam-size", type=int, default=d.beam_size, help="beam width; 1 is greedy and faster")
+    g.add_argument("--engine", default=d.engine, choices=["batched", "sequential"],
+                   help="batched: speech of several files packed into 30 s windows, decoded in batches (default); "
+                        "sequential: faster-whisper's own loop, file by file")
+    g.add_argument("--beam-size", type=int, default=d.beam_size, help="beam width (default 1, greedy)")
     g.add_argument("--language", default=None, help="language code; default: detect (English-only models: en)")
     g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
     g.add_argument("--vad", action=argparse.BooleanOptionalAction, default=d.vad,
-                   help="drop non-speech with Silero VAD first; for long silences or music (default: off)")
+                   help="sequential engine: drop non-speech with Silero VAD first (the batched engine always does)")
     g.add_argument("--word-timestamps", action="store_true", help="add per-word timings to each segment")
     p.add_argument("--shard-minutes", type=float, default=None,
                    help="audio per shard in minutes (default: chosen from the collection size)")
+    p.add_argument("--window-minutes", type=float, default=10.0,
+                   help="split local files of 1.5 windows or more into windows of this length, cut at silence "
+                        "and transcribed in parallel; 0: never split (default 10)")
     add_resource_arguments(p)
 
 
 def add_resource_arguments(p: argparse.ArgumentParser) -> None:
     """Where and how fast to run; they change no transcript. Shared by run and retry-failed."""
     r = p.add_argument_group("resources")
-    r.add_argument("--threads", type=int, default=1, help="CPU threads per actor (default 1)")
-    r.add_argument("--actors", type=int, default=None, help="actors in all (default: cluster CPUs / threads)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per actor (default: this node's `bulkscribe tune` profile, else 1)")
+    r.add_argument("--actors", type=int, default=None,
+                   help="actors in all (default: the profile's, on an embedded Ray; else cluster CPUs / threads)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="30 s windows decoded together (default: the profile's, else 8)")
     r.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else start one here)")
     r.add_argument("--unit-timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit per file (default: 60 s + 10 s per second of audio); past it: failed, timeout")
@@ -131,14 +145,34 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
             task=args.task,
             vad=args.vad,
             word_timestamps=args.word_timestamps,
+            engine=args.engine,
         ),
-        actors=ActorOptions(threads=args.threads, actors=args.actors),
+        actors=actor_options(args),
         address=args.address,
         storage_options=dict(args.storage_option),
         shard_audio_s=None if args.shard_minutes is None else args.shard_minutes * 60,
         progress=args.progress,
         unit_timeout_s=args.unit_timeout,
+        window_s=args.window_minutes * 60 or None,
     )
+
+
+def actor_options(args: argparse.Namespace) -> ActorOptions:
+    """The resource flags, filled in from this node's tuning profile where not given."""
+    from pipeline.tune import load_profile
+
+    profile = None
+    if args.threads is None or args.batch_size is None or args.actors is None:
+        profile = load_profile()
+    if profile is None:
+        return ActorOptions(threads=args.threads or 1, actors=args.actors, batch_size=args.batch_size or 8)
+    logging.getLogger(__name__).info("tuning profile of this node: %s", profile)
+    embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
+    threads = args.threads or profile.threads
+    actors = args.actors
+    if actors is None and embedded and args.threads is None:
+        actors = profile.actors  # the profile measured this very node
+    return ActorOptions(threads=threads, actors=actors, batch_size=args.batch_size or profile.batch_size)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -266,12 +300,17 @@ def main(argv: list[str] | None = None) -> int:
             summary = retry_failed(
                 args.output,
                 storage_options=dict(args.storage_option),
-                actors=ActorOptions(threads=args.threads, actors=args.actors),
+                actors=actor_options(args),
                 address=args.address,
                 progress=args.progress,
                 unit_timeout_s=args.unit_timeout,
             )
             print(format_summary(summary, this_run=True))
+            return 0
+        if args.command == "tune":
+            from pipeline.tune import format_profile, tune
+
+            print(format_profile(tune(args.model, args.audio)))
             return 0
         if args.command == "status":
             from pipeline.report import format_summary, summarize

@@ -13,6 +13,8 @@ from typing import Any
 
 COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
 TASKS = ("transcribe", "translate")
+ENGINES = ("batched", "sequential")
+MIN_WINDOW_S = 60.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
@@ -32,11 +34,15 @@ class WhisperOptions:
 
     model: str = "tiny.en"
     compute_type: str = "int8"
-    beam_size: int = 5
+    # See `pipeline.transcriber.Transcriber` for the two engines, and bench/README.md for
+    # the measurements behind batched greedy decoding as the default.
+    engine: str = "batched"
+    beam_size: int = 1
     language: str | None = None
     task: str = "transcribe"
-    # Off by default: on 11.7 min of read speech Silero VAD raised tiny.en's WER from 6.3%
-    # to 9.0% at about the same speed. Worth it for long silences or music (`--vad`).
+    # For the sequential engine (the batched one always finds speech with VAD). Off by
+    # default: on 11.7 min of read speech Silero VAD raised the sequential engine's WER
+    # from 6.3% to 9.0% at about the same speed.
     vad: bool = False
     word_timestamps: bool = False
     temperature: tuple[float, ...] = DEFAULT_TEMPERATURES
@@ -48,6 +54,8 @@ class WhisperOptions:
             raise ValueError("model must be a name or a folder, got an empty string")
         if self.compute_type not in COMPUTE_TYPES:
             raise ValueError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}, got {self.compute_type!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.task not in TASKS:
@@ -67,7 +75,9 @@ class WhisperOptions:
 
 @dataclass(frozen=True)
 class ActorOptions:
-    """How the work is spread: `threads` CPU threads per actor, `actors` actors in all.
+    """How the work is spread: `threads` CPU threads per actor, `actors` actors in all,
+    `batch_size` 30 s windows encoded and decoded together by the batched engine.
+    None of them changes the transcript, so none is in the job fingerprint.
 
     `actors=None` means one actor per `threads` CPUs that the Ray cluster offers. One
     1-thread actor per core is the default: on 2 cores, two 1-thread processes ran
@@ -76,8 +86,11 @@ class ActorOptions:
 
     threads: int = 1
     actors: int | None = None
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.actors is not None and self.actors < 1:
@@ -88,6 +101,8 @@ class ActorOptions:
 class JobSpec:
     """One transcription job: what to read, where to write, how to transcribe.
 
+    `window_s`: a local file at least 1.5 windows long is split into windows of about
+    this length (cut at silence) that different actors transcribe; None never splits.
     `storage_options` go to fsspec (credentials, endpoints); they are never written to
     the output folder. `shard_audio_s` is the audio each shard aims at; None lets the
     planner choose from the size of the collection. `unit_timeout_s` caps the time of
@@ -103,9 +118,12 @@ class JobSpec:
     shard_audio_s: float | None = None
     progress: bool | None = None
     unit_timeout_s: float | None = None
+    window_s: float | None = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.window_s is not None and self.window_s < MIN_WINDOW_S:
+            raise ValueError(f"window_s must be at least {MIN_WINDOW_S:.0f} (or None: never split), got {self.window_s}")
         if not self.inputs:
             raise ValueError("at least one input is needed (a folder, a glob, a URL or a manifest file)")
         if not self.output:

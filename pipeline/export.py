@@ -86,7 +86,7 @@ def target_names(uris: Iterable[str], fmt: str) -> dict[str, str]:
 
 
 def export(output, fmt: str, to: str, where: str | None = None) -> list[str]:
-    """Write one `fmt` file per unit of `output` (an opened `pipeline.query.Output`) below `to`.
+    """Write one `fmt` file per source file of `output` (an opened `pipeline.query.Output`) below `to`.
 
     Args:
         where: a DuckDB condition on the `files` view, e.g. "language = 'en'".
@@ -97,22 +97,32 @@ def export(output, fmt: str, to: str, where: str | None = None) -> list[str]:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     condition = f"where {where}" if where else ""
-    units = output.sql(f"select * from files {condition} order by uri").to_arrow_table().to_pylist()
-    wanted = [u["unit_id"] for u in units]
-    segments: dict[str, list[dict[str, Any]]] = {uid: [] for uid in wanted}
-    if wanted:
+    units = output.sql(f"select * from files {condition} order by uri, start_s").to_arrow_table().to_pylist()
+    segments: dict[str, list[dict[str, Any]]] = {u["uri"]: [] for u in units}
+    if units:
+        # A long file split into windows has a unit per window: its segments join up in time.
         rows = output.sql(
             "select * from segments where unit_id in (select unit_id from files "
-            f"{condition}) order by unit_id, segment"
+            f"{condition}) order by uri, start, segment"
         ).to_arrow_table().to_pylist()
         for row in rows:
-            segments[row["unit_id"]].append(row)
-    names = target_names([u["uri"] for u in units], fmt)
-    written = []
+            segments[row["uri"]].append(row)
+    files = {}
     for unit in units:
-        path = os.path.join(to, names[unit["uri"]])
+        seen = files.get(unit["uri"])
+        if seen is None:
+            files[unit["uri"]] = dict(unit)
+        else:
+            seen["duration_s"] = (seen["duration_s"] or 0.0) + (unit["duration_s"] or 0.0)
+            seen["language"] = seen["language"] or unit["language"]
+            if seen["status"] != unit["status"]:
+                seen["status"] = "failed" if "failed" in (seen["status"], unit["status"]) else "ok"
+    names = target_names(list(files), fmt)
+    written = []
+    for uri, unit in files.items():
+        path = os.path.join(to, names[uri])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(render(fmt, segments[unit["unit_id"]], unit))
+            f.write(render(fmt, segments[uri], unit))
         written.append(path)
     return written

@@ -43,28 +43,34 @@ def choose_shard_audio_s(total_audio_s: float, actors: int) -> float:
 
 
 def estimates(units: pa.Table) -> list[float]:
-    return [
-        estimate_audio_s(uri, size)
-        for uri, size in zip(units.column("uri").to_pylist(), units.column("size_bytes").to_pylist())
-    ]
+    """Estimated audio seconds of each unit: a window's own length where it has an end."""
+    found = []
+    for uri, size, start, end in zip(
+        *(units.column(c).to_pylist() for c in ("uri", "size_bytes", "start_s", "end_s"))
+    ):
+        start = start or 0.0
+        found.append(end - start if end is not None else max(1.0, estimate_audio_s(uri, size) - start))
+    return found
 
 
 def assign_shards(units: pa.Table, first_shard: int, shard_audio_s: float) -> pa.Table:
     """Number shards from `first_shard` over `units` in their (sorted) order.
 
     A shard closes once its estimated audio reaches `shard_audio_s`; a file larger than
-    that is a shard of its own.
+    that is a shard of its own, and so is each window of a split file (column `split`),
+    so that a lost window costs only itself.
 
     Returns:
         `units` with `shard` (int32) and `est_audio_s` (float64) added first.
     """
     shards, shard, filled = [], first_shard, 0.0
     est = estimates(units)
-    for seconds in est:
-        if filled > 0 and filled + seconds > shard_audio_s:
+    split = units.column("split").to_pylist() if "split" in units.column_names else [False] * units.num_rows
+    for seconds, alone in zip(est, split):
+        if filled > 0 and (alone or filled + seconds > shard_audio_s):
             shard, filled = shard + 1, 0.0
         shards.append(shard)
-        filled += seconds
+        filled += shard_audio_s if alone else seconds
     table = units.add_column(0, "shard", pa.array(shards, pa.int32()))
     return table.add_column(table.schema.get_field_index("size_bytes") + 1, "est_audio_s", pa.array(est, pa.float64()))
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import inputs, models, plan
+from pipeline import inputs, models, plan, windows
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease
 from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units, retry_intent_path
@@ -77,6 +77,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actor_count())
             job = _new_job(spec, model, fields, shard_audio_s)
             store.write_job(job)
+        units = windows.split_long(units, job.get("window_s"))
         planned = _extend_plan(store, units, job["shard_audio_s"])
         committed = store.committed()
         shards = sorted(set(planned.column("shard").to_pylist()))
@@ -113,6 +114,7 @@ def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any],
         "fingerprint_fields": fields,
         "model": {"name": model.name, "sha256": model.sha256},
         "shard_audio_s": shard_audio_s,
+        "window_s": spec.window_s,
         "versions": _versions(),
     }
 
@@ -193,6 +195,7 @@ def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str) -> Wo
         fingerprint=job_fingerprint,
         storage_options=dict(spec.storage_options),
         unit_timeout_s=spec.unit_timeout_s,
+        batch_size=spec.actors.batch_size,
     )
 
 

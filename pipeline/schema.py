@@ -1,4 +1,8 @@
-"""The two tables users query: `segments` (one row per segment) and `files` (one per unit)."""
+"""The two tables users query: `segments` (one row per segment) and `files` (one per unit).
+
+A unit is a whole file, or one window of a long file that the planner split
+(`start_s`, `end_s`); segment times are always seconds from the start of the file.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +48,9 @@ FILES_SCHEMA = pa.schema(
         ("decode_warning", pa.string()),
         ("attempts", pa.int32()),
         ("size_bytes", pa.int64()),
+        # The window of the file this unit covers: 0 and null for a whole file.
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
         ("duration_s", pa.float64()),
         ("language", pa.string()),
         ("language_probability", pa.float32()),

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data" / "speech"
+
+# A `bulkscribe tune` profile of this machine must not change what the tests run.
+os.environ["BULKSCRIBE_PROFILE_DIR"] = tempfile.mkdtemp(prefix="bulkscribe-profiles-")
 
 
 @pytest.fixture(scope="session")

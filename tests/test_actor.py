@@ -172,15 +172,17 @@ def test_every_kind_of_bad_input_becomes_a_clear_row(tmp_path, speech_dir, trans
 def test_a_unit_past_its_time_limit_fails_and_the_actor_goes_on(tmp_path, speech_dir, transcriber, config):
     import dataclasses
 
-    long = tmp_path / "a-long-reading.mp3"  # the sonnet four times: 3.5 min, about 9 s of work here
-    _ffmpeg("-stream_loop", "3", "-i", str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"), "-c", "copy", str(long))
+    # The sonnet twelve times: 10.6 min, 22 windows of 30 s, three batches of 8 (some 4 s each here).
+    long = tmp_path / "a-long-reading.mp3"
+    _ffmpeg("-stream_loop", "11", "-i", str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"), "-c", "copy", str(long))
     units = _shard([long, speech_dir / "misc" / "jfk.flac"])
-    # 3 s is plenty for jfk (11 s of audio, 0.6 s of work) and far too little for the long file.
-    config = dataclasses.replace(config, unit_timeout_s=3.0)
+    # 2 s is plenty for jfk (11 s of audio, 0.5 s of work) and far too little for the long file,
+    # which is stopped after its first batch: first in the group of both, then alone.
+    config = dataclasses.replace(config, unit_timeout_s=2.0)
     store = OutputStore(config.output)
     result = process_shard(0, units, transcriber, store, config, node="n")
     rows = {r["uri"].rsplit("/", 1)[-1]: r for r in store.read_parquet(store.part_path("files", 0)).to_pylist()}
     assert rows["a-long-reading.mp3"]["error_type"] == "timeout"
     assert "time limit" in rows["a-long-reading.mp3"]["error_message"]
-    assert rows["a-long-reading.mp3"]["transcribe_s"] < 8
+    assert rows["a-long-reading.mp3"]["transcribe_s"] < 12
     assert rows["jfk.flac"]["status"] == "ok" and result.committed

@@ -49,7 +49,7 @@ def test_run_status_and_rerun_from_the_command_line(tmp_path, small_corpus):
     status = bulkscribe("status", str(out))
     assert status.returncode == 0 and "(complete)" in status.stdout and "3 ok, 1 no_speech" in status.stdout
 
-    refused = bulkscribe("run", str(small_corpus), "--output", str(out))
+    refused = bulkscribe("run", str(small_corpus), "--output", str(out), "--beam-size", "5")
     assert refused.returncode == 2
     assert "beam_size: 1 in the folder, 5 now" in refused.stderr and "Traceback" not in refused.stderr
 

@@ -5,7 +5,7 @@ from pipeline.config import ActorOptions, JobSpec, WhisperOptions, fingerprint, 
 
 def test_defaults_are_valid():
     o = WhisperOptions()
-    assert (o.model, o.compute_type, o.beam_size, o.vad) == ("tiny.en", "int8", 5, False)
+    assert (o.model, o.compute_type, o.engine, o.beam_size, o.vad) == ("tiny.en", "int8", "batched", 1, False)
     assert ActorOptions().threads == 1
 
 
@@ -50,7 +50,8 @@ def test_fingerprint_changes_with_every_transcript_option_and_the_model():
     base = fingerprint(fingerprint_fields(WhisperOptions(), "sha-a"))
     assert base == fingerprint(fingerprint_fields(WhisperOptions(), "sha-a"))
     variants = [
-        WhisperOptions(beam_size=1),
+        WhisperOptions(beam_size=5),
+        WhisperOptions(engine="sequential"),
         WhisperOptions(language="en"),
         WhisperOptions(vad=True),
         WhisperOptions(word_timestamps=True),

@@ -1,0 +1,207 @@
+"""`bulkscribe tune`: measure actors x threads x batch size on this node; keep the best.
+
+Every candidate runs real transcription of the bundled sample audio in as many worker
+processes as it has actors, all at once, the way a Ray node runs its actors. The
+profile is written under a key made of the node's shape (CPU model, CPU count,
+memory), and `bulkscribe run` uses the profile of the node it starts on unless
+`--threads`, `--actors` or `--batch-size` say otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROFILE_DIR_ENV = "BULKSCRIBE_PROFILE_DIR"
+BATCH_SIZES = (4, 8, 16)
+# Sample audio each actor transcribes per candidate: enough to fill several batches,
+# little enough that six candidates fit in under two minutes on two cores.
+SAMPLE_AUDIO_S = 150.0
+SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"
+
+
+@dataclass(frozen=True)
+class Profile:
+    threads: int
+    actors: int
+    batch_size: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"threads": self.threads, "actors": self.actors, "batch_size": self.batch_size}
+
+
+def node_shape() -> dict[str, Any]:
+    """What makes one node's best settings differ from another's."""
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        if found:
+            cpu_model = found.group(1).strip()
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    except (ValueError, OSError):
+        pass
+    return {"cpu_model": cpu_model, "cpus": len(os.sched_getaffinity(0)), "memory_gib": memory_gib}
+
+
+def shape_key(shape: dict[str, Any]) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", str(shape["cpu_model"]).lower()).strip("-")[:40]
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{slug}-{shape['cpus']}cpu-{shape['memory_gib']}gib-{digest}"
+
+
+def profile_dir() -> Path:
+    return Path(os.environ.get(PROFILE_DIR_ENV) or Path.home() / ".cache" / "bulkscribe" / "profiles")
+
+
+def profile_path(shape: dict[str, Any] | None = None) -> Path:
+    return profile_dir() / f"{shape_key(shape or node_shape())}.json"
+
+
+def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
+    """The tuned settings of a node of this shape, if `bulkscribe tune` measured one."""
+    path = profile_path(shape)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Profile(**data["best"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("ignoring the unreadable tuning profile %s: %s", path, exc)
+        return None
+
+
+def candidates(cpus: int) -> list[Profile]:
+    """Threads per actor 1, 2, 4... up to the node's CPUs (actors fill the node), with
+    every batch size."""
+    threads = [2**i for i in range(cpus.bit_length()) if 2**i <= cpus]
+    return [Profile(t, cpus // t, b) for t in threads for b in BATCH_SIZES]
+
+
+def sample_clips(folder: Path, audio_s: float = SAMPLE_AUDIO_S) -> list[str]:
+    """Audio files of `folder`, in name order, up to about `audio_s` seconds by size."""
+    from pipeline import inputs, plan
+
+    units = inputs.expand([str(folder)])
+    chosen, total = [], 0.0
+    for uri, size in zip(units.column("uri").to_pylist(), units.column("size_bytes").to_pylist()):
+        chosen.append(uri)
+        total += plan.estimate_audio_s(uri, size)
+        if total >= audio_s:
+            break
+    return chosen
+
+
+def _worker(model_path: str, whisper: dict, candidate: dict, clips: list[str], start, results) -> None:
+    from pipeline import audio
+    from pipeline.config import WhisperOptions
+    from pipeline.transcriber import Transcriber
+
+    options = WhisperOptions(**{**whisper, "temperature": tuple(whisper["temperature"])})
+    transcriber = Transcriber(model_path, options, candidate["threads"], batch_size=candidate["batch_size"])
+    samples = [audio.decode(c).samples for c in clips]
+    start.wait()
+    t0 = time.perf_counter()
+    transcripts = transcriber.transcribe_many(samples)
+    results.put((time.perf_counter() - t0, sum(t.duration_s for t in transcripts)))
+
+
+def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> dict[str, Any]:
+    """Run `candidate` on `clips`: audio seconds per wall second over all its actors."""
+    import dataclasses
+
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(candidate.actors + 1)
+    results = ctx.Queue()
+    data = dataclasses.asdict(whisper)
+    procs = [
+        ctx.Process(target=_worker, args=(model_path, data, candidate.as_dict(), clips, start, results), daemon=True)
+        for _ in range(candidate.actors)
+    ]
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",)}
+    os.environ["OMP_NUM_THREADS"] = str(candidate.threads)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    start.wait(timeout=300)
+    t0 = time.perf_counter()
+    done = [results.get(timeout=600) for _ in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    audio_s = sum(a for _, a in done)
+    return {**candidate.as_dict(), "audio_s": audio_s, "wall_s": wall, "rtfx": audio_s / wall}
+
+
+def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> dict[str, Any]:
+    """Measure every candidate on this node, write the profile, return it."""
+    from pipeline import models
+    from pipeline.config import WhisperOptions
+
+    whisper = whisper or WhisperOptions(model=model)
+    folder = Path(folder or SAMPLE_FOLDER)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no sample audio at {folder}; pass --audio FOLDER")
+    clips = sample_clips(folder)
+    resolved = models.resolve(whisper.model)
+    shape = node_shape()
+    started = time.perf_counter()
+    results = []
+    for candidate in candidates(shape["cpus"]):
+        result = measure(candidate, resolved.path, whisper, clips)
+        logger.info("%d actor(s) x %d thread(s), batch %d: %.1fx real time",
+                    candidate.actors, candidate.threads, candidate.batch_size, result["rtfx"])
+        results.append(result)
+    best = max(results, key=lambda r: r["rtfx"])
+    profile = {
+        "shape": shape,
+        "key": shape_key(shape),
+        "best": {k: best[k] for k in ("threads", "actors", "batch_size")},
+        "model": whisper.model,
+        "engine": whisper.engine,
+        "sample": {"folder": str(folder), "files": len(clips)},
+        "measurements": results,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tune_s": time.perf_counter() - started,
+    }
+    path = profile_path(shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(profile, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    profile["path"] = str(path)
+    return profile
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    lines = [f"node: {profile['shape']['cpu_model']}, {profile['shape']['cpus']} CPUs, "
+             f"{profile['shape']['memory_gib']} GiB ({profile['model']}, {profile['engine']} engine)",
+             f"{'actors':>6} {'threads':>7} {'batch':>5} {'x real time':>12}"]
+    best = profile["best"]
+    for r in profile["measurements"]:
+        mark = "  <- best" if all(r[k] == best[k] for k in best) else ""
+        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['batch_size']:>5} {r['rtfx']:>12.1f}{mark}")
+    lines.append(f"measured in {profile['tune_s']:.0f} s; profile: {profile.get('path', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Long files become several units: windows transcribed by different actors.
+
+The planner cuts a file longer than `window_s` at nominal boundaries k x window_s; each
+window is a unit of its own shard, so a lost window costs only that window. The
+actor that takes a window moves each nominal boundary to the middle of the longest
+silence within `SEAM_MARGIN_S` of it, found by Silero VAD on exactly that stretch of
+audio. Both neighbours decode the same stretch with the same command, so they find the
+same cut: no word at a seam is lost or transcribed twice, and each window is decoded
+on its own (ffmpeg -ss/-t), so memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import audio, inputs
+
+# A file is split only if it is at least this many windows long.
+SPLIT_AT_WINDOWS = 1.5
+SEAM_MARGIN_S = 8.0
+_FRAME_S = 0.02
+
+
+def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0) -> pa.Table:
+    """`units` with each long local file replaced by its windows (column `split` true).
+
+    Only whole local files are measured (ffmpeg reads the container header) and split;
+    a remote file would be downloaded once per window, so it stays whole.
+    """
+    if not window_s or units.num_rows == 0:
+        return units.append_column("split", pa.array([False] * units.num_rows))
+    est_limit = SPLIT_AT_WINDOWS * window_s / 4  # sizes only estimate; measure anything close
+    rows = units.to_pylist()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        duration = None
+        whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
+        if whole and audio.local_path(row["uri"]) is not None:
+            from pipeline.plan import estimate_audio_s
+
+            if estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
+                duration = audio.probe_duration(row["uri"], timeout_s)
+        if duration is None or duration < SPLIT_AT_WINDOWS * window_s:
+            out.append({**row, "split": False})
+            continue
+        count = math.ceil(duration / window_s - 1e-6)
+        for k in range(count):
+            start = k * window_s
+            end = None if k == count - 1 else (k + 1) * window_s
+            out.append({**row, "unit_id": inputs.unit_id(row["uri"], start, end), "start_s": start, "end_s": end,
+                        "split": True})
+    schema = units.schema.append(pa.field("split", pa.bool_()))
+    return pa.Table.from_pylist(out, schema=schema)
+
+
+def cut(uri: str, start_s: float, end_s: float | None, storage_options: dict | None, timeout_s: float) -> tuple[float, float | None]:
+    """The window `[start_s, end_s)` with both nominal boundaries moved to silence."""
+    start = seam(uri, start_s, storage_options, timeout_s) if start_s > 0 else 0.0
+    end = seam(uri, end_s, storage_options, timeout_s) if end_s is not None else None
+    return start, end
+
+
+def seam(uri: str, nominal_s: float, storage_options: dict | None = None, timeout_s: float | None = None) -> float:
+    """Where to cut near `nominal_s`: the middle of the longest silence within
+    `SEAM_MARGIN_S`, else the quietest 20 ms; deterministic for the same file."""
+    from pipeline.transcriber import speech_regions
+
+    lo = max(0.0, nominal_s - SEAM_MARGIN_S)
+    samples = audio.decode(uri, start_s=lo, end_s=nominal_s + SEAM_MARGIN_S,
+                           storage_options=storage_options, timeout_s=timeout_s).samples
+    n = len(samples)
+    if n == 0:
+        return nominal_s
+    regions = speech_regions(samples, min_silence_ms=100, pad_ms=0)
+    edges = [0] + [x for r in regions for x in r] + [n]
+    gaps = [(edges[i + 1] - edges[i], edges[i]) for i in range(0, len(edges), 2) if edges[i + 1] > edges[i]]
+    # Silence at either end of the stretch may continue beyond it: only inner gaps count,
+    # unless the stretch holds no speech at all.
+    inner = [(length, at) for length, at in gaps if at > 0 and at + length < n] or ([] if regions else gaps)
+    if inner:
+        length, at = max(inner, key=lambda g: (g[0], -abs(g[1] + g[0] / 2 - (nominal_s - lo) * audio.SAMPLE_RATE)))
+        return lo + (at + length / 2) / audio.SAMPLE_RATE
+    frame = int(_FRAME_S * audio.SAMPLE_RATE)
+    frames = samples[: n - n % frame].reshape(-1, frame) if n >= frame else samples.reshape(1, -1)
+    quietest = int(np.argmin((frames.astype(np.float64) ** 2).mean(axis=1)))
+    return lo + (quietest + 0.5) * frames.shape[1] / audio.SAMPLE_RATE
