@@ -31,11 +31,11 @@ AUDIO_EXTENSIONS = frozenset(
 )
 MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".parquet", ".txt"})
 URI_COLUMNS = ("uri", "path")
-# Columns of the `files` table; a manifest column with one of these names is renamed.
+# Columns of the `files` table and the plan; a manifest column with one of these names is renamed.
 RESERVED_COLUMNS = frozenset(
     "unit_id uri shard status error_type error_message decode_warning attempts size_bytes duration_s start_s end_s "
     "language language_probability segments decode_s transcribe_s rtfx node model compute_type "
-    "cpu_threads finished_at".split()
+    "cpu_threads finished_at split est_audio_s".split()
 )
 _GLOB_CHARS = frozenset("*?[")
 _STAT_THREADS = 16

@@ -75,11 +75,15 @@ def assign_shards(units: pa.Table, first_shard: int, shard_audio_s: float) -> pa
     return table.add_column(table.schema.get_field_index("size_bytes") + 1, "est_audio_s", pa.array(est, pa.float64()))
 
 
-def new_units(units: pa.Table, planned: pa.Table | None) -> pa.Table:
-    """The units not in the saved plan yet."""
+def new_units(units: pa.Table, planned: pa.Table | None, by_uri: bool = False) -> pa.Table:
+    """The units not in the saved plan yet; with `by_uri`, whole files the plan holds as
+    windows count as planned too."""
     if planned is None or planned.num_rows == 0:
         return units
     known = pc.is_in(units.column("unit_id"), value_set=planned.column("unit_id"))
+    if by_uri and "split" in planned.column_names:
+        windowed = planned.filter(pc.fill_null(planned.column("split"), False)).column("uri")
+        known = pc.or_(known, pc.is_in(units.column("uri"), value_set=windowed))
     return units.filter(pc.invert(known))
 
 

@@ -30,6 +30,11 @@ from pipeline.store import OutputStore
 logger = logging.getLogger(__name__)
 
 WORKER_SETUP_ENV = "BULKSCRIBE_WORKER_SETUP"
+# Two malloc arenas, not eight per core: with a decoding thread beside the model, the
+# extra arenas fragmented and an actor's peak memory crept up window after window
+# (1110 to 1244 MB over three 10-minute windows; 995 to 1078 MB with two arenas).
+# glibc reads it when the process starts, so it must be in the actor's environment.
+ACTOR_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 class JobMismatchError(ValueError):
@@ -77,8 +82,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actor_count())
             job = _new_job(spec, model, fields, shard_audio_s)
             store.write_job(job)
-        units = windows.split_long(units, job.get("window_s"))
-        planned = _extend_plan(store, units, job["shard_audio_s"])
+        planned = _extend_plan(store, units, job["shard_audio_s"], job.get("window_s"))
         committed = store.committed()
         shards = sorted(set(planned.column("shard").to_pylist()))
         pending = [s for s in shards if s not in committed]
@@ -119,10 +123,13 @@ def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any],
     }
 
 
-def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float) -> pa.Table:
-    """The saved plan plus new shards for units it does not hold yet."""
+def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float, window_s: float | None) -> pa.Table:
+    """The saved plan plus new shards for units it does not hold yet; long new files
+    are split into windows (files the plan holds are not measured again)."""
     planned = store.read_plan()
-    fresh = plan.new_units(units, planned)
+    fresh = plan.new_units(units, planned, by_uri=True)
+    fresh = windows.split_long(fresh, window_s)
+    fresh = plan.new_units(fresh, planned)
     if fresh.num_rows:
         first = plan.next_shard(planned)
         added = plan.assign_shards(fresh, first, shard_audio_s)
@@ -254,6 +261,7 @@ def _execute(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=pool, max_size=pool, max_tasks_in_flight_per_actor=1),
         num_cpus=config.threads,
+        runtime_env={"env_vars": ACTOR_ENV},
     )
     logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(items), pool, config.threads)
     results, done_audio, done_est, failed, start = [], 0.0, 0.0, 0, time.time()

@@ -4,7 +4,10 @@ Every candidate runs real transcription of the bundled sample audio in as many w
 processes as it has actors, all at once, the way a Ray node runs its actors. The
 profile is written under a key made of the node's shape (CPU model, CPU count,
 memory), and `bulkscribe run` uses the profile of the node it starts on unless
-`--threads`, `--actors` or `--batch-size` say otherwise.
+`--threads`, `--actors` or `--batch-size` say otherwise. The peak memory of an actor
+is reported beside each candidate: CTranslate2's encoder holds attention for the whole
+batch (about 55 MB a window for tiny.en), so a node short of memory may prefer a
+smaller batch than the fastest.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,7 +123,9 @@ def _worker(model_path: str, whisper: dict, candidate: dict, clips: list[str], s
     start.wait()
     t0 = time.perf_counter()
     transcripts = transcriber.transcribe_many(samples)
-    results.put((time.perf_counter() - t0, sum(t.duration_s for t in transcripts)))
+    elapsed = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.put((elapsed, sum(t.duration_s for t in transcripts), peak_mb))
 
 
 def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> dict[str, Any]:
@@ -151,8 +157,9 @@ def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> d
     wall = time.perf_counter() - t0
     for p in procs:
         p.join()
-    audio_s = sum(a for _, a in done)
-    return {**candidate.as_dict(), "audio_s": audio_s, "wall_s": wall, "rtfx": audio_s / wall}
+    audio_s = sum(a for _, a, _ in done)
+    return {**candidate.as_dict(), "audio_s": audio_s, "wall_s": wall, "rtfx": audio_s / wall,
+            "peak_rss_mb_per_actor": max(m for _, _, m in done)}
 
 
 def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> dict[str, Any]:
@@ -198,10 +205,11 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
 def format_profile(profile: dict[str, Any]) -> str:
     lines = [f"node: {profile['shape']['cpu_model']}, {profile['shape']['cpus']} CPUs, "
              f"{profile['shape']['memory_gib']} GiB ({profile['model']}, {profile['engine']} engine)",
-             f"{'actors':>6} {'threads':>7} {'batch':>5} {'x real time':>12}"]
+             f"{'actors':>6} {'threads':>7} {'batch':>5} {'x real time':>12} {'MB per actor':>13}"]
     best = profile["best"]
     for r in profile["measurements"]:
         mark = "  <- best" if all(r[k] == best[k] for k in best) else ""
-        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['batch_size']:>5} {r['rtfx']:>12.1f}{mark}")
+        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['batch_size']:>5} {r['rtfx']:>12.1f}"
+                     f" {r.get('peak_rss_mb_per_actor', 0):>13.0f}{mark}")
     lines.append(f"measured in {profile['tune_s']:.0f} s; profile: {profile.get('path', '')}")
     return "\n".join(lines)

@@ -73,7 +73,7 @@ def test_seams_fall_in_silence_and_both_neighbours_agree(tmp_path, speech_dir):
 
 
 @pytest.mark.slow
-def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, speech_dir, ray_cluster):
+def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, speech_dir, ray_cluster, monkeypatch):
     from pipeline.config import JobSpec
     from pipeline.run import run
     from pipeline.store import OutputStore
@@ -100,12 +100,42 @@ def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, 
     starts = duckdb.sql(f"select start, \"end\" from '{out}/segments/*.parquet' order by start").fetchall()
     assert all(a[1] <= b[0] + 0.5 for a, b in zip(starts, starts[1:]))  # no overlapping (doubled) segments
 
-    # A lost window costs only that window.
+    # A lost window costs only that window; the rerun does not even measure the file again.
     shard = files[1][0]
     os.remove(out / "_commits" / f"{shard:06d}.json")
+    monkeypatch.setattr(audio, "probe_duration", lambda *a, **k: pytest.fail("a planned file was probed again"))
     summary = run(JobSpec(inputs=(str(target),), output=str(out), progress=False, window_s=60.0))
     assert (summary.shards_ran, summary.shards_skipped) == (1, len(files) - 1)
     again = duckdb.sql(f"select string_agg(text, ' ' order by start) from '{out}/segments/*.parquet'").fetchall()[0][0]
     assert again == text
     markers = [json.loads(p.read_text()) for p in (out / "_commits").glob("*.json")]
     assert all(m["peak_rss_mb"] > 50 for m in markers)
+
+
+def test_export_joins_the_windows_of_a_file(tmp_path):
+    from pipeline.export import export
+
+    class Output:  # the two views export reads, as DuckDB relations
+        def __init__(self):
+            self.con = duckdb.connect()
+            self.con.execute(
+                "create table files as select * from (values "
+                "('u1', '/a/long.wav', 0.0, 60.1, 60.1, 'en', 'ok'), ('u2', '/a/long.wav', 60.1, NULL, 30.0, 'en', 'ok'), "
+                "('u3', '/a/short.wav', 0.0, NULL, 5.0, 'en', 'ok')) "
+                "t(unit_id, uri, start_s, end_s, duration_s, language, status)")
+            self.con.execute(
+                "create table segments as select * from (values "
+                "('u2', '/a/long.wav', 0, 61.0, 64.0, 'third', -0.2, 0.01), "
+                "('u1', '/a/long.wav', 1, 30.0, 59.5, 'second', -0.2, 0.01), "
+                "('u1', '/a/long.wav', 0, 0.5, 29.0, 'first', -0.2, 0.01), "
+                "('u3', '/a/short.wav', 0, 0.1, 4.0, 'alone', -0.2, 0.01)) "
+                "t(unit_id, uri, segment, start, \"end\", text, avg_logprob, no_speech_prob)")
+
+        def sql(self, query):
+            return self.con.sql(query)
+
+    written = export(Output(), "txt", str(tmp_path / "t"))
+    assert sorted(Path(p).name for p in written) == ["long.txt", "short.txt"]
+    assert (tmp_path / "t" / "long.txt").read_text().split() == ["first", "second", "third"]
+    data = json.loads(Path(export(Output(), "json", str(tmp_path / "j"))[0]).read_text())
+    assert data["duration_s"] == 90.1 and [s["text"] for s in data["segments"]] == ["first", "second", "third"]
