@@ -140,10 +140,6 @@ class Transcriber:
             duration_s=float(info.duration),
         )
 
-    def speech_regions(self, audio: np.ndarray, min_silence_ms: int = 160, pad_ms: int = 400) -> list[tuple[int, int]]:
-        """Silero VAD's speech regions of `audio`, as (start, end) sample offsets, each <= 30 s."""
-        return speech_regions(audio, min_silence_ms=min_silence_ms, pad_ms=pad_ms)
-
 
 def speech_regions(audio: np.ndarray, min_silence_ms: int = 160, pad_ms: int = 400) -> list[tuple[int, int]]:
     """Silero VAD's speech regions of 16 kHz `audio`, as (start, end) sample offsets.

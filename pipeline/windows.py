@@ -1,6 +1,6 @@
 """Long files become several units: windows transcribed by different actors.
 
-The planner cuts a file longer than `window_s` at nominal boundaries k x window_s; each
+The planner cuts a file of 1.5 windows or more at nominal boundaries k x window_s; each
 window is a unit of its own shard, so a lost window costs only that window. The
 actor that takes a window moves each nominal boundary to the middle of the longest
 silence within `SEAM_MARGIN_S` of it, found by Silero VAD on exactly that stretch of
@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import audio, inputs
+from pipeline.plan import estimate_audio_s
 
 # A file is split only if it is at least this many windows long.
 SPLIT_AT_WINDOWS = 1.5
@@ -32,7 +33,7 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0)
     a remote file would be downloaded once per window, so it stays whole.
     """
     if not window_s or units.num_rows == 0:
-        return units.append_column("split", pa.array([False] * units.num_rows))
+        return units.append_column("split", pa.array([False] * units.num_rows, pa.bool_()))
     est_limit = SPLIT_AT_WINDOWS * window_s / 4  # sizes only estimate; measure anything close
     rows = units.to_pylist()
     out: list[dict[str, Any]] = []
@@ -40,8 +41,6 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0)
         duration = None
         whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
         if whole and audio.local_path(row["uri"]) is not None:
-            from pipeline.plan import estimate_audio_s
-
             if estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
                 duration = audio.probe_duration(row["uri"], timeout_s)
         if duration is None or duration < SPLIT_AT_WINDOWS * window_s:
