@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import resource
 import socket
 import time
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from pipeline import audio, models, plan, windows
 from pipeline.config import WhisperOptions
-from pipeline.faults import crashpoint
+from pipeline.faults import crashpoint, shard_pause
 from pipeline.schema import FILES_SCHEMA, STATUSES, files_table, segments_table
 from pipeline.store import OutputStore
 from pipeline.transcriber import Transcriber, Transcript, UnitTimeout
@@ -151,8 +152,9 @@ def process_shard(
     if marker is not None:
         # At-least-once execution: an earlier attempt already committed this shard.
         return _result_from_marker(shard, marker, skipped=True)
-    attempt = store.next_attempt(shard)
+    attempt = store.next_attempt(shard, {"node": node, "pid": os.getpid()})
     started = time.time()
+    shard_pause()
     file_rows: list[dict[str, Any]] = []
     segment_rows: list[dict[str, Any]] = []
     for row, segments in transcribe_units(_unit_dicts(units), shard, transcriber, config, attempt=attempt, node=node):

@@ -2,15 +2,19 @@
 
 With `BULKSCRIBE_CRASH_AT=<name>` in the environment, the first process to reach
 `crashpoint(<name>)` SIGKILLs the job's driver and then itself: no cleanup, no
-`finally`, as when a machine loses power. Without the variable it costs one lookup.
+`finally`, as when a machine loses power. With `BULKSCRIBE_SHARD_PAUSE_S=<seconds>`,
+every shard pauses that long once it has started, so that a test killing an actor
+"mid-shard" cannot miss on a fast machine. Without the variables they cost one lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 CRASH_AT_ENV = "BULKSCRIBE_CRASH_AT"
+SHARD_PAUSE_ENV = "BULKSCRIBE_SHARD_PAUSE_S"
 DRIVER_PID_ENV = "BULKSCRIBE_DRIVER_PID"
 
 # The points, in the order a run reaches them.
@@ -27,3 +31,9 @@ def crashpoint(name: str) -> None:
     if driver != os.getpid():
         os.kill(driver, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def shard_pause() -> None:
+    seconds = os.environ.get(SHARD_PAUSE_ENV)
+    if seconds:
+        time.sleep(float(seconds))

@@ -207,11 +207,14 @@ class OutputStore:
     def markers(self) -> list[dict[str, Any]]:
         return [m for s in sorted(self.committed()) if (m := self.read_marker(s)) is not None]
 
-    def next_attempt(self, shard: int) -> int:
-        """Count one more start of `shard` and return its number (1 for the first)."""
+    def next_attempt(self, shard: int, by: dict[str, Any] | None = None) -> int:
+        """Count one more start of `shard` and return its number (1 for the first).
+
+        `by` (the node and process of the attempt) is recorded beside the count.
+        """
         path = self.path("_attempts", f"{shard:06d}.json")
         previous = (self.read_json(path) or {}).get("attempts", 0)
-        self.write_json(path, {"attempts": previous + 1})
+        self.write_json(path, {"attempts": previous + 1, **(by or {})})
         return previous + 1
 
     # -- runs ----------------------------------------------------------------------

@@ -85,9 +85,16 @@ def max_attempts(out: Path) -> int:
 
 def test_actor_killed_mid_shard(corpus, reference, tmp_path):
     out = tmp_path / "out"
-    process = start(corpus, out)
+    # A shard takes well under a second of work here: pause each one so that the kill
+    # lands inside a shard, not between two.
+    process = start(corpus, out, env={"BULKSCRIBE_SHARD_PAUSE_S": "2"})
     wait_until(lambda: shard_in_flight(out) and busy_actor_pids(), what="an actor in the middle of a shard")
-    victim = busy_actor_pids()[0]
+    # The actor of a shard in flight, by the pid its attempt recorded: an idle actor may
+    # still carry the `.submit` title of its last call.
+    started = {p.stem: json.loads(p.read_text()) for p in (out / "_attempts").glob("*.json")}
+    in_flight = [a for name, a in started.items() if not (out / "_commits" / f"{name}.json").exists()]
+    victim = in_flight[0]["pid"]
+    assert victim in busy_actor_pids()
     os.kill(victim, signal.SIGKILL)
     code, _, stderr = finish(process)
     assert code == 0, stderr[-3000:]
