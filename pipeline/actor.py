@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from pipeline import audio, models, plan, windows
+from pipeline import audio, models, windows
 from pipeline.config import WhisperOptions
 from pipeline.faults import crashpoint, shard_pause
 from pipeline.schema import FILES_SCHEMA, STATUSES, files_table, segments_table
@@ -207,7 +207,7 @@ def retry_failed_units(
 
 
 def _unit_dicts(units: pa.Table) -> list[dict[str, Any]]:
-    columns = ["unit_id", "uri", "size_bytes", "start_s", "end_s"]
+    columns = ["unit_id", "uri", "size_bytes", "est_audio_s", "start_s", "end_s"]
     if "split" in units.column_names:
         columns.append("split")
     return units.select(columns).to_pylist()
@@ -310,7 +310,7 @@ def _decode_ahead(units, shard, config, attempt, node, pool) -> Iterator[tuple[d
     pending: deque = deque()
     queued_s = 0.0
     for unit in units:
-        est = _est_audio_s(unit)
+        est = unit["est_audio_s"]
         while pending and queued_s + est > DECODE_AHEAD_S:
             future, s = pending.popleft()
             queued_s -= s
@@ -319,12 +319,6 @@ def _decode_ahead(units, shard, config, attempt, node, pool) -> Iterator[tuple[d
         queued_s += est
     while pending:
         yield pending.popleft()[0].result()
-
-
-def _est_audio_s(unit: dict[str, Any]) -> float:
-    if unit.get("end_s") is not None:
-        return unit["end_s"] - (unit["start_s"] or 0.0)
-    return plan.estimate_audio_s(unit["uri"], unit["size_bytes"])
 
 
 def decode_unit(

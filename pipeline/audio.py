@@ -132,19 +132,26 @@ def probe_duration(uri: str, timeout_s: float | None = 60.0) -> float | None:
     path = local_path(uri)
     if path is None:
         return None
-    source = f"file:{os.path.abspath(path)}"
-    try:
-        source.encode("utf-8")
-    except UnicodeEncodeError:
-        source = os.fsencode(source)
     try:
         done = subprocess.run(
-            [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", source],
+            [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _ffmpeg_source(path)],
             capture_output=True, timeout=timeout_s, check=False,
         )
     except (subprocess.TimeoutExpired, OSError):
         return None
     return _container_seconds(done.stderr.decode("utf-8", "replace"))
+
+
+def _ffmpeg_source(path: str) -> str | bytes:
+    """`path` as ffmpeg's input argument: behind `file:`, so that a leading `-` or a `:`
+    stays part of the name; as bytes when it is not UTF-8 (ffmpeg-python hashes str
+    arguments as UTF-8; bytes pass as they are)."""
+    source = f"file:{os.path.abspath(path)}"
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(source)
+    return source
 
 
 def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float | None) -> Decoded:
@@ -155,13 +162,8 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float
         input_args["ss"] = f"{start_s:.3f}"
     if end_s is not None:
         input_args["t"] = f"{end_s - start_s:.3f}"
-    source = f"file:{os.path.abspath(path)}"
-    try:
-        source.encode("utf-8")
-    except UnicodeEncodeError:
-        source = os.fsencode(source)  # ffmpeg-python hashes str arguments as UTF-8; bytes pass as they are
     stream = (
-        ffmpeg.input(source, **input_args)
+        ffmpeg.input(_ffmpeg_source(path), **input_args)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None)
         # level+info: every line tagged with its level, and the container's Duration line.
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-threads", "1")
