@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from pipeline import audio, models, windows
+from pipeline import audio, models, quality, windows
 from pipeline.config import WhisperOptions
 from pipeline.faults import crashpoint, shard_pause
 from pipeline.schema import FILES_SCHEMA, STATUSES, files_table, segments_table
@@ -36,9 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_BASE_S = 60.0
 DEFAULT_TIMEOUT_PER_AUDIO_S = 10.0
 DECODE_TIMEOUT_S = 1800.0
-# Decoded audio transcribed in one batched call (short clips of many files share windows),
-# and audio decoded ahead of transcription (bounds memory: 4 bytes a sample, 16 kHz).
-GROUP_AUDIO_S = 240.0
+# Audio decoded ahead of transcription (bounds memory: 4 bytes a sample, 16 kHz).
 DECODE_AHEAD_S = 600.0
 
 # Plan columns that describe the unit itself; any other column came from a manifest.
@@ -57,7 +55,9 @@ class WorkerConfig:
     fingerprint: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     unit_timeout_s: float | None = None
-    batch_size: int = 8
+    # A multilingual model that names the language of doubtful transcripts of an
+    # English-only model (the `language_mismatch` flag); None: no such check.
+    language_check: str | None = None
 
     def transcribe_budget_s(self, audio_s: float) -> float:
         """Time a unit of `audio_s` seconds may take to transcribe."""
@@ -117,7 +117,14 @@ def load_transcriber(config: WorkerConfig) -> Transcriber:
             f"model {config.model_name!r} on {socket.gethostname()} has sha256 {model.sha256}, "
             f"but the job was planned with {config.model_sha256}"
         )
-    return Transcriber(model.path, config.whisper, config.threads, batch_size=config.batch_size)
+    language_id = None
+    if config.language_check:
+        try:
+            language_id = models.resolve(config.language_check).path
+        except models.ModelError as exc:
+            logger.warning("no language check on %s (%s): files are not flagged language_mismatch",
+                           socket.gethostname(), exc)
+    return Transcriber(model.path, config.whisper, config.threads, language_id_path=language_id)
 
 
 class ShardWorker:
@@ -245,6 +252,7 @@ def _write_parts(
         "parts": parts,
         "units": len(file_rows),
         "statuses": {s: sum(r["status"] == s for r in file_rows) for s in STATUSES},
+        "flags": {f: sum(f in (r.get("flags") or ()) for r in file_rows) for f in quality.FLAGS},
         "audio_s": sum(r["duration_s"] or 0.0 for r in file_rows),
         "decode_s": sum(r["decode_s"] or 0.0 for r in file_rows),
         "transcribe_s": sum(r["transcribe_s"] or 0.0 for r in file_rows),
@@ -286,23 +294,17 @@ def transcribe_units(
     """Decode and transcribe `units`, in order: for each, its `files` row and segment rows.
 
     One thread decodes ahead (ffmpeg runs in its own process) while this one transcribes,
-    so the CPU does not wait for decoding. Decoded units are transcribed together up to
-    `GROUP_AUDIO_S` of audio, so that the batched engine packs short clips of several
-    files into one 30 s window. Every failure that belongs to one file (missing,
-    unreadable, not audio, no audio stream, rejected by the model, over its time limit)
-    becomes a `failed` row with its type and message.
+    so the CPU does not wait for decoding. Each unit is transcribed alone, so what was
+    decoded ahead never changes a transcript. Every failure that belongs to one file
+    (missing, unreadable, not audio, no audio stream, rejected by the model, over its
+    time limit) becomes a `failed` row with its type and message.
     """
-    group: list[tuple[dict[str, Any], dict[str, Any], audio.Decoded]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkscribe-decode") as pool:
         for unit, row, decoded in _decode_ahead(units, shard, config, attempt, node, pool):
             if decoded is None:
                 yield row, []
-                continue
-            group.append((unit, row, decoded))
-            if sum(d.duration_s for _, _, d in group) >= GROUP_AUDIO_S:
-                yield from _transcribe_group(group, shard, transcriber, config)
-                group = []
-        yield from _transcribe_group(group, shard, transcriber, config)
+            else:
+                yield _transcribe_unit(unit, row, decoded, shard, transcriber, config)
 
 
 def _decode_ahead(units, shard, config, attempt, node, pool) -> Iterator[tuple[dict, dict, audio.Decoded | None]]:
@@ -338,6 +340,7 @@ def decode_unit(
         "error_type": None,
         "error_message": None,
         "decode_warning": None,
+        "flags": [],
         "attempts": attempt,
         "size_bytes": unit["size_bytes"],
         "start_s": unit["start_s"] or 0.0,
@@ -385,45 +388,34 @@ def decode_unit(
     return unit, row, decoded
 
 
-def _transcribe_group(group, shard, transcriber, config) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Transcribe decoded units together; alone again if the group fails or runs late,
-    so that one bad file fails only itself."""
-    if not group:
-        return
-    t1 = time.perf_counter()
-    budget_s = sum(config.transcribe_budget_s(d.duration_s) for _, _, d in group)
+def _transcribe_unit(unit, row, decoded: audio.Decoded, shard, transcriber, config) -> tuple[dict, list[dict]]:
+    started = time.perf_counter()
+    budget_s = config.transcribe_budget_s(decoded.duration_s)
     try:
-        transcripts = transcriber.transcribe_many([d.samples for _, _, d in group], deadline=time.monotonic() + budget_s)
-    except (UnitTimeout, RuntimeError, ValueError) as exc:
-        if len(group) > 1:
-            for member in group:
-                yield from _transcribe_group([member], shard, transcriber, config)
-            return
-        unit, row, decoded = group[0]
-        row["transcribe_s"] = time.perf_counter() - t1
-        if isinstance(exc, UnitTimeout):
-            message = f"{exc} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)"
-            yield _failed(row, "timeout", message, t1), []
-        else:
-            # CTranslate2 and faster-whisper report a bad input this way; anything else is ours.
-            logger.exception("transcription of %s failed", unit["uri"])
-            yield _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}", t1), []
-        return
-    elapsed = time.perf_counter() - t1
-    total_s = sum(d.duration_s for _, _, d in group) or 1.0
-    for (unit, row, decoded), transcript in zip(group, transcripts):
-        # The group's time, shared by audio length.
-        row["transcribe_s"] = elapsed * decoded.duration_s / total_s
-        yield _rows(unit, row, transcript, shard, config)
+        transcript = transcriber.transcribe(decoded.samples, deadline=time.monotonic() + budget_s)
+    except UnitTimeout as exc:
+        row["transcribe_s"] = time.perf_counter() - started
+        return _failed(row, "timeout", f"{exc} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)", started), []
+    except (RuntimeError, ValueError) as exc:
+        # CTranslate2 and faster-whisper report a bad input this way; anything else is ours.
+        logger.exception("transcription of %s failed", unit["uri"])
+        row["transcribe_s"] = time.perf_counter() - started
+        return _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}", started), []
+    row["transcribe_s"] = time.perf_counter() - started
+    languages = (lambda: transcriber.languages(decoded.samples)) if transcriber.checks_language else None
+    return _rows(unit, row, transcript, shard, config, languages=languages)
 
 
-def _rows(unit, row, transcript: Transcript, shard: int, config: WorkerConfig) -> tuple[dict, list[dict]]:
-    segments = speech_segments(transcript, config.whisper)
-    if not segments:
+def _rows(
+    unit, row, transcript: Transcript, shard: int, config: WorkerConfig, *, languages=None
+) -> tuple[dict, list[dict]]:
+    segments = transcript.segments
+    if quality.is_no_speech(segments, config.whisper):
         return _finish(row, "no_speech"), []
     row["language"] = transcript.language
     row["language_probability"] = transcript.language_probability
     row["segments"] = len(segments)
+    row["flags"] = list(quality.flags(transcript, languages=languages))
     offset = row["start_s"]
     seg_rows = [
         {
@@ -447,21 +439,6 @@ def _rows(unit, row, transcript: Transcript, shard: int, config: WorkerConfig) -
         for i, s in enumerate(segments)
     ]
     return _finish(row, "ok"), seg_rows
-
-
-def speech_segments(transcript: Transcript, options: WhisperOptions) -> tuple:
-    """The transcript's segments, or none if every one is likely not speech.
-
-    See `WhisperOptions` for the rule and the measurements behind its thresholds.
-    """
-    segments = transcript.segments
-    if segments and all(
-        s.no_speech_prob >= options.unit_no_speech_threshold
-        and (s.avg_logprob < options.unit_logprob_threshold or s.temperature > 0)
-        for s in segments
-    ):
-        return ()
-    return segments
 
 
 def _failed(row: dict[str, Any], error_type: str, message: str, t0: float) -> dict[str, Any]:

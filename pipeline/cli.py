@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="transcribe inputs into an output folder (resumes what is there)")
     add_run_arguments(run)
 
-    tune = sub.add_parser("tune", help="measure actors x threads x batch size on this node; `run` then uses the best")
+    tune = sub.add_parser("tune", help="measure actors x threads on this node; `run` then uses the best")
     tune.add_argument("--model", default=WhisperOptions().model, help="the model to measure with (default tiny.en)")
     tune.add_argument("--audio", default=None, metavar="FOLDER", help="sample audio (default: the bundled clips)")
 
@@ -98,15 +98,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and decoding (changing any of these needs a new output folder)")
     g.add_argument("--model", default=d.model, help="bundled name (tiny.en, base), a CTranslate2 folder, or a faster-whisper name")
     g.add_argument("--compute-type", default=d.compute_type, help="CTranslate2 compute type")
-    g.add_argument("--engine", default=d.engine, choices=["batched", "sequential"],
-                   help="batched: speech of several files packed into 30 s windows, decoded in batches (default); "
-                        "sequential: faster-whisper's own loop, file by file")
-    g.add_argument("--beam-size", type=int, default=d.beam_size, help="beam width (default 1, greedy)")
+    g.add_argument("--beam-size", type=int, default=d.beam_size,
+                   help=f"beam width (default {d.beam_size}, faster-whisper's; 1 is greedy and faster)")
     g.add_argument("--language", default=None, help="language code; default: detect (English-only models: en)")
     g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
     g.add_argument("--vad", action=argparse.BooleanOptionalAction, default=d.vad,
-                   help="sequential engine: drop non-speech with Silero VAD first (the batched engine always does)")
+                   help="drop what Silero VAD calls non-speech before decoding (default off: VAD misses quiet, "
+                        "whispered and telephone speech)")
     g.add_argument("--word-timestamps", action="store_true", help="add per-word timings to each segment")
+    p.add_argument("--language-check", default="base", metavar="MODEL",
+                   help="with an English-only model, a multilingual model that names the language of doubtful "
+                        "transcripts, to flag files that are not in English (default: base; 'none': no check)")
     p.add_argument("--shard-minutes", type=float, default=None,
                    help="audio per shard in minutes (default: chosen from the collection size)")
     p.add_argument("--window-minutes", type=float, default=10.0,
@@ -122,8 +124,6 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads per actor (default: this node's `bulkscribe tune` profile, else 1)")
     r.add_argument("--actors", type=int, default=None,
                    help="actors in all (default: the profile's, on an embedded Ray; else cluster CPUs / threads)")
-    r.add_argument("--batch-size", type=int, default=None,
-                   help="30 s windows decoded together (default: the profile's, else 8)")
     r.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else start one here)")
     r.add_argument("--unit-timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit per file (default: 60 s + 10 s per second of audio); past it: failed, timeout")
@@ -145,7 +145,6 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
             task=args.task,
             vad=args.vad,
             word_timestamps=args.word_timestamps,
-            engine=args.engine,
         ),
         actors=actor_options(args),
         address=args.address,
@@ -154,6 +153,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         progress=args.progress,
         unit_timeout_s=args.unit_timeout,
         window_s=args.window_minutes * 60 or None,
+        language_check=None if args.language_check.lower() == "none" else args.language_check,
     )
 
 
@@ -162,17 +162,17 @@ def actor_options(args: argparse.Namespace) -> ActorOptions:
     from pipeline.tune import load_profile
 
     profile = None
-    if args.threads is None or args.batch_size is None or args.actors is None:
+    if args.threads is None or args.actors is None:
         profile = load_profile()
     if profile is None:
-        return ActorOptions(threads=args.threads or 1, actors=args.actors, batch_size=args.batch_size or 8)
+        return ActorOptions(threads=args.threads or 1, actors=args.actors)
     logging.getLogger(__name__).info("tuning profile of this node: %s", profile)
     embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
     threads = args.threads or profile.threads
     actors = args.actors
     if actors is None and embedded and args.threads is None:
         actors = profile.actors  # the profile measured this very node
-    return ActorOptions(threads=threads, actors=actors, batch_size=args.batch_size or profile.batch_size)
+    return ActorOptions(threads=threads, actors=actors)
 
 
 def setup_logging(verbose: bool) -> None:

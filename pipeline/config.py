@@ -13,7 +13,6 @@ from typing import Any
 
 COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
 TASKS = ("transcribe", "translate")
-ENGINES = ("batched", "sequential")
 MIN_WINDOW_S = 60.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -34,14 +33,13 @@ class WhisperOptions:
 
     model: str = "tiny.en"
     compute_type: str = "int8"
-    # See `pipeline.transcriber.Transcriber` for the two engines, and bench/README.md for
-    # the measurements behind batched greedy decoding as the default.
-    engine: str = "batched"
-    beam_size: int = 1
+    # faster-whisper's own default. Beam 1 is about 1.4x faster; bench/README.md has its
+    # WER per category beside beam 5's.
+    beam_size: int = 5
     language: str | None = None
     task: str = "transcribe"
-    # For the sequential engine (the batched one always finds speech with VAD). Off by
-    # default: on 11.7 min of read speech Silero VAD raised the sequential engine's WER
+    # Silero VAD before decoding (faster-whisper's vad_filter). Off by default: VAD must
+    # not decide what counts as speech, and on 11.7 min of read speech it raised the WER
     # from 6.3% to 9.0% at about the same speed.
     vad: bool = False
     word_timestamps: bool = False
@@ -54,8 +52,6 @@ class WhisperOptions:
             raise ValueError("model must be a name or a folder, got an empty string")
         if self.compute_type not in COMPUTE_TYPES:
             raise ValueError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}, got {self.compute_type!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.task not in TASKS:
@@ -75,9 +71,8 @@ class WhisperOptions:
 
 @dataclass(frozen=True)
 class ActorOptions:
-    """How the work is spread: `threads` CPU threads per actor, `actors` actors in all,
-    `batch_size` 30 s windows encoded and decoded together by the batched engine.
-    None of them changes the transcript, so none is in the job fingerprint.
+    """How the work is spread: `threads` CPU threads per actor, `actors` actors in all.
+    Neither changes the transcript, so neither is in the job fingerprint.
 
     `actors=None` means one actor per `threads` CPUs that the Ray cluster offers. One
     1-thread actor per core is the default: on 2 cores, two 1-thread processes ran
@@ -86,11 +81,8 @@ class ActorOptions:
 
     threads: int = 1
     actors: int | None = None
-    batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.actors is not None and self.actors < 1:
@@ -107,6 +99,10 @@ class JobSpec:
     the output folder. `shard_audio_s` is the audio each shard aims at; None lets the
     planner choose from the size of the collection. `unit_timeout_s` caps the time of
     one unit (None: a minute plus ten seconds per second of audio).
+    `language_check` names a multilingual model that, beside an English-only model,
+    names the language of doubtful transcripts so that files in other languages are
+    flagged `language_mismatch` (None: no check). It changes flags, not transcripts, so
+    it is not in the job fingerprint.
     """
 
     inputs: tuple[str, ...]
@@ -119,6 +115,7 @@ class JobSpec:
     progress: bool | None = None
     unit_timeout_s: float | None = None
     window_s: float | None = 600.0
+    language_check: str | None = "base"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
+from pipeline.quality import FLAGS
 from pipeline.store import OutputStore
 
 
@@ -23,6 +24,7 @@ class Summary:
     wall_s: float
     node_hours: float = 0.0
     failures: dict[str, tuple[int, str]] = field(default_factory=dict)  # error_type -> (count, example)
+    flags: dict[str, int] = field(default_factory=dict)  # flag -> files of `ok` status that carry it
     shards_ran: int | None = None
     shards_skipped: int | None = None
 
@@ -53,6 +55,7 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
         audio_s=sum(m["audio_s"] for m in markers) if audio_s is None else audio_s,
         wall_s=sum(r.get("wall_s", 0.0) for r in runs) if wall_s is None else wall_s,
         node_hours=sum(r.get("wall_s", 0.0) * r.get("nodes", 0) for r in runs) / 3600,
+        flags={f: n for f in FLAGS if (n := sum(m.get("flags", {}).get(f, 0) for m in markers))},
     )
     if summary.failed:
         summary.failures = _failures(store, [m["shard"] for m in markers if m["statuses"].get("failed")])
@@ -97,6 +100,10 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
     ]
     for kind, (count, example) in s.failures.items():
         lines.append(f"failed:  {count} x {kind}, e.g. {example[:300]}")
+    if s.flags:
+        counts = ", ".join(f"{n} {flag}" for flag, n in s.flags.items())
+        lines.append(f"flagged: {counts} (doubtful transcripts: README, \"Doubtful transcripts\"; list them with "
+                     f"bulkscribe query {s.output} \"select uri, flags from files where len(flags) > 0\")")
     glob = f"{s.output.rstrip('/')}/segments/*.parquet"
     lines.append(
         "query:   python -c \"import duckdb; print(duckdb.sql("

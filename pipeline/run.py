@@ -8,6 +8,7 @@ authentication stays on, and the dashboard of an embedded Ray listens on 127.0.0
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -165,12 +166,18 @@ def retry_failed(
         raise FileNotFoundError(f"{output} holds no bulkscribe job (no job.json)")
     fields = dict(job["fingerprint_fields"])
     model_sha = fields.pop("model_sha256")
+    unknown = set(fields) - {f.name for f in dataclasses.fields(WhisperOptions)}
+    if unknown:
+        raise JobMismatchError(
+            f"{output} was transcribed by another version of bulkscribe (options {', '.join(sorted(unknown))} "
+            "no longer exist); run the job again into a new --output"
+        )
     whisper = WhisperOptions(**fields)
     model = models.resolve(whisper.model)
     check_fingerprint(job, fingerprint_fields(whisper, model.sha256))
     spec = JobSpec(inputs=tuple(job["spec"]["inputs"]), output=output, whisper=whisper, actors=actors,
                    address=address, storage_options=dict(storage_options or {}), progress=progress,
-                   unit_timeout_s=unit_timeout_s)
+                   unit_timeout_s=unit_timeout_s, language_check=job["spec"].get("language_check"))
     with Lease(store, "retry-failed"):
         interrupted = store.shards_in("_retry", "*.json")
         shards = sorted({m["shard"] for m in store.markers() if m["statuses"].get("failed")} | interrupted)
@@ -202,7 +209,7 @@ def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str) -> Wo
         fingerprint=job_fingerprint,
         storage_options=dict(spec.storage_options),
         unit_timeout_s=spec.unit_timeout_s,
-        batch_size=spec.actors.batch_size,
+        language_check=spec.language_check,
     )
 
 

@@ -46,6 +46,9 @@ FILES_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("error_message", pa.string()),
         ("decode_warning", pa.string()),
+        # Reasons to doubt an `ok` transcript (see pipeline.quality): repetition,
+        # low_confidence, language_mismatch; empty when there is none.
+        ("flags", pa.list_(pa.string())),
         ("attempts", pa.int32()),
         ("size_bytes", pa.int64()),
         # The window of the file this unit covers: 0 and null for a whole file.

@@ -1,13 +1,11 @@
-"""`bulkscribe tune`: measure actors x threads x batch size on this node; keep the best.
+"""`bulkscribe tune`: measure actors x threads on this node; keep the best.
 
 Every candidate runs real transcription of the bundled sample audio in as many worker
 processes as it has actors, all at once, the way a Ray node runs its actors. The
 profile is written under a key made of the node's shape (CPU model, CPU count,
 memory), and `bulkscribe run` uses the profile of the node it starts on unless
-`--threads`, `--actors` or `--batch-size` say otherwise. The peak memory of an actor
-is reported beside each candidate: CTranslate2's encoder holds attention for the whole
-batch (about 55 MB a window for tiny.en), so a node short of memory may prefer a
-smaller batch than the fastest.
+`--threads` or `--actors` say otherwise. The peak memory of an actor is reported
+beside each candidate.
 """
 
 from __future__ import annotations
@@ -29,9 +27,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PROFILE_DIR_ENV = "BULKSCRIBE_PROFILE_DIR"
-BATCH_SIZES = (4, 8, 16)
-# Sample audio each actor transcribes per candidate: enough to fill several batches,
-# little enough that six candidates fit in under two minutes on two cores.
+# Sample audio each actor transcribes per candidate: enough to even out file lengths,
+# little enough that the candidates fit in about a minute on two cores.
 SAMPLE_AUDIO_S = 150.0
 SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"
 
@@ -40,10 +37,9 @@ SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech
 class Profile:
     threads: int
     actors: int
-    batch_size: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"threads": self.threads, "actors": self.actors, "batch_size": self.batch_size}
+        return {"threads": self.threads, "actors": self.actors}
 
 
 def node_shape() -> dict[str, Any]:
@@ -83,7 +79,7 @@ def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
     path = profile_path(shape)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return Profile(**data["best"])
+        return Profile(threads=int(data["best"]["threads"]), actors=int(data["best"]["actors"]))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
@@ -92,10 +88,9 @@ def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
 
 
 def candidates(cpus: int) -> list[Profile]:
-    """Threads per actor 1, 2, 4... up to the node's CPUs (actors fill the node), with
-    every batch size."""
+    """Threads per actor 1, 2, 4... up to the node's CPUs (actors fill the node)."""
     threads = [2**i for i in range(cpus.bit_length()) if 2**i <= cpus]
-    return [Profile(t, cpus // t, b) for t in threads for b in BATCH_SIZES]
+    return [Profile(t, cpus // t) for t in threads]
 
 
 def sample_clips(folder: Path, audio_s: float = SAMPLE_AUDIO_S) -> list[str]:
@@ -118,11 +113,11 @@ def _worker(model_path: str, whisper: dict, candidate: dict, clips: list[str], s
     from pipeline.transcriber import Transcriber
 
     options = WhisperOptions(**{**whisper, "temperature": tuple(whisper["temperature"])})
-    transcriber = Transcriber(model_path, options, candidate["threads"], batch_size=candidate["batch_size"])
+    transcriber = Transcriber(model_path, options, candidate["threads"])
     samples = [audio.decode(c).samples for c in clips]
     start.wait()
     t0 = time.perf_counter()
-    transcripts = transcriber.transcribe_many(samples)
+    transcripts = [transcriber.transcribe(s) for s in samples]
     elapsed = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.put((elapsed, sum(t.duration_s for t in transcripts), peak_mb))
@@ -178,16 +173,15 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
     results = []
     for candidate in candidates(shape["cpus"]):
         result = measure(candidate, resolved.path, whisper, clips)
-        logger.info("%d actor(s) x %d thread(s), batch %d: %.1fx real time",
-                    candidate.actors, candidate.threads, candidate.batch_size, result["rtfx"])
+        logger.info("%d actor(s) x %d thread(s): %.1fx real time", candidate.actors, candidate.threads, result["rtfx"])
         results.append(result)
     best = max(results, key=lambda r: r["rtfx"])
     profile = {
         "shape": shape,
         "key": shape_key(shape),
-        "best": {k: best[k] for k in ("threads", "actors", "batch_size")},
+        "best": {k: best[k] for k in ("threads", "actors")},
         "model": whisper.model,
-        "engine": whisper.engine,
+        "beam_size": whisper.beam_size,
         "sample": {"folder": str(folder), "files": len(clips)},
         "measurements": results,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -204,12 +198,12 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
 
 def format_profile(profile: dict[str, Any]) -> str:
     lines = [f"node: {profile['shape']['cpu_model']}, {profile['shape']['cpus']} CPUs, "
-             f"{profile['shape']['memory_gib']} GiB ({profile['model']}, {profile['engine']} engine)",
-             f"{'actors':>6} {'threads':>7} {'batch':>5} {'x real time':>12} {'MB per actor':>13}"]
+             f"{profile['shape']['memory_gib']} GiB ({profile['model']}, beam {profile.get('beam_size')})",
+             f"{'actors':>6} {'threads':>7} {'x real time':>12} {'MB per actor':>13}"]
     best = profile["best"]
     for r in profile["measurements"]:
         mark = "  <- best" if all(r[k] == best[k] for k in best) else ""
-        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['batch_size']:>5} {r['rtfx']:>12.1f}"
+        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['rtfx']:>12.1f}"
                      f" {r.get('peak_rss_mb_per_actor', 0):>13.0f}{mark}")
     lines.append(f"measured in {profile['tune_s']:.0f} s; profile: {profile.get('path', '')}")
     return "\n".join(lines)

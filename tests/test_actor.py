@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import inputs, plan
-from pipeline.actor import WorkerConfig, process_shard, speech_segments
+from pipeline.actor import WorkerConfig, process_shard
 from pipeline.config import WhisperOptions
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from pipeline.store import OutputStore
@@ -99,26 +99,6 @@ def test_manifest_columns_reach_the_files_table(tmp_path, speech_dir, transcribe
     assert files.column("take").type == pa.int64() and files.column("speaker").to_pylist() == ["ldc"]
 
 
-def _segment(no_speech_prob, avg_logprob, temperature=0.0):
-    return Segment(0.0, 1.0, "Mm-hmm.", avg_logprob, no_speech_prob, 1.0, temperature)
-
-
-def _transcript(*segments):
-    return Transcript(tuple(_segment(*s) for s in segments), "en", 1.0, 5.0)
-
-
-def test_units_made_only_of_likely_non_speech_hold_no_speech():
-    options = WhisperOptions()
-    # Measured on the bundled noise file and the Big Buck Bunny video.
-    assert speech_segments(_transcript((0.59, -0.96)), options) == ()
-    assert speech_segments(_transcript((0.55, -1.39), (0.55, -1.39)), options) == ()
-    assert speech_segments(_transcript((0.55, -0.67, 0.4), (0.55, -0.67, 0.4)), options) == ()
-    # Measured on clear LibriVox speech: a high no_speech_prob alone is not enough.
-    assert len(speech_segments(_transcript((0.51, -0.27), (0.86, -0.56)), options)) == 2
-    # One confident segment keeps the whole unit.
-    assert len(speech_segments(_transcript((0.61, -1.2), (0.07, -0.3)), options)) == 2
-
-
 def test_sonnet_with_high_no_speech_prob_is_still_speech(tmp_path, speech_dir, transcriber, config):
     units = _shard([speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"])
     store = OutputStore(config.output)
@@ -172,17 +152,22 @@ def test_every_kind_of_bad_input_becomes_a_clear_row(tmp_path, speech_dir, trans
 def test_a_unit_past_its_time_limit_fails_and_the_actor_goes_on(tmp_path, speech_dir, transcriber, config):
     import dataclasses
 
-    # The sonnet twelve times: 10.6 min, 22 windows of 30 s, three batches of 8 (some 4 s each here).
+    @dataclasses.dataclass(frozen=True)
+    class NoTimeForLongFiles(WorkerConfig):
+        # No time at all for a unit over a minute, all the time in the world for the
+        # others: what the test sees cannot depend on how busy the machine is.
+        def transcribe_budget_s(self, audio_s: float) -> float:
+            return 0.0 if audio_s > 60 else 3600.0
+
+    # The sonnet twelve times: 10.6 min of speech.
     long = tmp_path / "a-long-reading.mp3"
     _ffmpeg("-stream_loop", "11", "-i", str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"), "-c", "copy", str(long))
     units = _shard([long, speech_dir / "misc" / "jfk.flac"])
-    # 2 s is plenty for jfk (11 s of audio, 0.5 s of work) and far too little for the long file,
-    # which is stopped after its first batch: first in the group of both, then alone.
-    config = dataclasses.replace(config, unit_timeout_s=2.0)
+    config = NoTimeForLongFiles(**dataclasses.asdict(config) | {"whisper": config.whisper})
     store = OutputStore(config.output)
     result = process_shard(0, units, transcriber, store, config, node="n")
     rows = {r["uri"].rsplit("/", 1)[-1]: r for r in store.read_parquet(store.part_path("files", 0)).to_pylist()}
     assert rows["a-long-reading.mp3"]["error_type"] == "timeout"
     assert "time limit" in rows["a-long-reading.mp3"]["error_message"]
-    assert rows["a-long-reading.mp3"]["transcribe_s"] < 12
+    assert "stopped after" in rows["a-long-reading.mp3"]["error_message"]  # after its first segment, not at the end
     assert rows["jfk.flac"]["status"] == "ok" and result.committed

@@ -31,7 +31,9 @@ def start(corpus: Path | str, out: Path | str, *extra: str, env: dict | None = N
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--output", str(out), *RUN_OPTIONS, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        # As from a user's shell: the Ray of this test process sets RAY_AUTH_MODE in its
+        # own environment, which would otherwise change what the run's Ray prints.
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 

@@ -12,8 +12,7 @@ from pipeline.cli import actor_options, build_parser
 
 
 def test_candidates_fill_the_node():
-    assert [(c.actors, c.threads, c.batch_size) for c in tune.candidates(2)] == [
-        (2, 1, 4), (2, 1, 8), (2, 1, 16), (1, 2, 4), (1, 2, 8), (1, 2, 16)]
+    assert [(c.actors, c.threads) for c in tune.candidates(2)] == [(2, 1), (1, 2)]
     assert {(c.actors, c.threads) for c in tune.candidates(8)} == {(8, 1), (4, 2), (2, 4), (1, 8)}
 
 
@@ -36,7 +35,7 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
     profile = tune.tune("tiny.en", sample)
     assert len(profile["measurements"]) == len(tune.candidates(tune.node_shape()["cpus"]))
     best = max(profile["measurements"], key=lambda r: r["rtfx"])
-    assert profile["best"] == {k: best[k] for k in ("threads", "actors", "batch_size")}
+    assert profile["best"] == {k: best[k] for k in ("threads", "actors")}
     assert all(r["rtfx"] > 1 and abs(r["audio_s"] - r["actors"] * 24.36) < 0.5 for r in profile["measurements"])
     saved = json.loads(tune.profile_path().read_text())
     assert saved["best"] == profile["best"] and saved["shape"] == tune.node_shape()
@@ -44,8 +43,8 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
 
     parse = build_parser().parse_args
     chosen = actor_options(parse(["run", "in", "-o", "out"]))
-    assert (chosen.threads, chosen.actors, chosen.batch_size) == (best["threads"], best["actors"], best["batch_size"])
-    forced = actor_options(parse(["run", "in", "-o", "out", "--threads", "2", "--batch-size", "3"]))
-    assert (forced.threads, forced.batch_size) == (2, 3) and forced.actors is None
+    assert (chosen.threads, chosen.actors) == (best["threads"], best["actors"])
+    forced = actor_options(parse(["run", "in", "-o", "out", "--threads", "2"]))
+    assert forced.threads == 2 and forced.actors is None
     joined = actor_options(parse(["run", "in", "-o", "out", "--address", "ray://head:10001"]))
     assert joined.actors is None and joined.threads == best["threads"]  # a cluster: one actor per `threads` CPUs
