@@ -8,6 +8,7 @@ errors raise, and the shard is retried or left for the next run.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -210,7 +211,9 @@ def retry_failed_units(
     marker = _write_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
     store.write_json(store.marker_path(shard), marker)
     store.delete(retry_intent_path(store, shard))
-    return _result_from_marker(shard, marker, skipped=False, committed=True)
+    # This run transcribed the retried units only; the shard's other audio is old work.
+    retried_s = sum(r["duration_s"] or 0.0 for r in new_rows.values())
+    return dataclasses.replace(_result_from_marker(shard, marker, skipped=False, committed=True), audio_s=retried_s)
 
 
 def _unit_dicts(units: pa.Table) -> list[dict[str, Any]]:
@@ -253,6 +256,7 @@ def _write_parts(
         "units": len(file_rows),
         "statuses": {s: sum(r["status"] == s for r in file_rows) for s in STATUSES},
         "flags": {f: sum(f in (r.get("flags") or ()) for r in file_rows) for f in quality.FLAGS},
+        "decode_warnings": sum(r.get("decode_warning") is not None for r in file_rows),
         "audio_s": sum(r["duration_s"] or 0.0 for r in file_rows),
         "decode_s": sum(r["decode_s"] or 0.0 for r in file_rows),
         "transcribe_s": sum(r["transcribe_s"] or 0.0 for r in file_rows),
@@ -423,8 +427,9 @@ def _rows(
             "uri": unit["uri"],
             "shard": shard,
             "segment": i,
-            "start": offset + s.start,
-            "end": offset + s.end,
+            # Milliseconds: what the timestamps mean, without float noise (9.599999999999998).
+            "start": round(offset + s.start, 3),
+            "end": round(offset + s.end, 3),
             "text": s.text,
             "avg_logprob": s.avg_logprob,
             "no_speech_prob": s.no_speech_prob,
@@ -432,7 +437,8 @@ def _rows(
             "temperature": s.temperature,
             "language": transcript.language,
             "words": None if s.words is None else [
-                {"start": offset + w.start, "end": offset + w.end, "word": w.word, "probability": w.probability}
+                {"start": round(offset + w.start, 3), "end": round(offset + w.end, 3), "word": w.word,
+                 "probability": w.probability}
                 for w in s.words
             ],
         }

@@ -36,6 +36,7 @@ GAP_TOLERANCE_SHARE = 0.02
 # With -loglevel level+info ffmpeg tags each line: "[in#0 @ 0x55..] [error] moov atom not found".
 _ERROR_LINE = re.compile(r"\[(?:error|fatal|panic)\] (.*)$")
 _COPY_CHUNK = 1 << 22
+_VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*: Video: (?!mjpeg|png)")
 
 
 class DecodeError(RuntimeError):
@@ -183,9 +184,15 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float
         raise DecodeError(error_type, f"ffmpeg failed: {message[-_STDERR_CHARS:]}")
     samples = np.frombuffer(out, dtype=np.float32)
     container_s = _container_seconds(stderr)
-    if container_s is not None and end_s is not None:
-        container_s = min(container_s - start_s, end_s - start_s)
-    return Decoded(samples, container_s, _warning(len(samples) / SAMPLE_RATE, container_s, errors))
+    if container_s is not None:
+        # What this window of the container should hold.
+        container_s = max(0.0, container_s - start_s)
+        if end_s is not None:
+            container_s = min(container_s, end_s - start_s)
+    # A container's duration is its longest stream's: a video track may well outlast the
+    # audio, so with video only decode errors are worth a warning.
+    expected_s = None if _VIDEO_STREAM.search(stderr) else container_s
+    return Decoded(samples, container_s, _warning(len(samples) / SAMPLE_RATE, expected_s, errors))
 
 
 def _container_seconds(stderr: str) -> float | None:

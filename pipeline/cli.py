@@ -21,29 +21,41 @@ def _storage_option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("bulkscribe")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bulkscribe",
+        allow_abbrev=False,
         description="Transcribe large audio collections with faster-whisper on Ray into resumable Parquet.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--version", action="version", version=f"bulkscribe {_version()}")
+    # No abbreviations: `submit` forwards the run's options to the cluster as written, and
+    # `--addr` or `--wai` would be read here as --address and --wait but not there.
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="transcribe inputs into an output folder (resumes what is there)")
+    run = sub.add_parser("run", allow_abbrev=False, help="transcribe inputs into an output folder (resumes what is there)")
     add_run_arguments(run)
 
-    tune = sub.add_parser("tune", help="measure actors x threads on this node; `run` then uses the best")
+    tune = sub.add_parser("tune", allow_abbrev=False, help="measure actors x threads on this node; `run` then uses the best")
     tune.add_argument("--model", default=WhisperOptions().model, help="the model to measure with (default tiny.en)")
     tune.add_argument("--audio", default=None, metavar="FOLDER", help="sample audio (default: the bundled clips)")
 
-    status = sub.add_parser("status", help="summarise an output folder")
+    status = sub.add_parser("status", allow_abbrev=False, help="summarise an output folder")
     status.add_argument("output", help="the output folder or URL")
     status.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
     status.add_argument("--node-price", type=float, default=None, metavar="PRICE",
                         help="price of one node-hour (any currency): also print cost per audio hour")
 
-    submit = sub.add_parser(
-        "submit", help="send a run to a Ray cluster through its Jobs API (same options as run)",
+    submit = sub.add_parser("submit", allow_abbrev=False, help="send a run to a Ray cluster through its Jobs API (same options as run)",
         description="Submit `bulkscribe run` as a Ray job. --address is the cluster's dashboard URL here.",
     )
     add_run_arguments(submit)
@@ -51,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-pip", dest="pip", action="store_false",
                         help="do not install bulkscribe's requirements in the job's environment (nodes have them)")
 
-    retry = sub.add_parser("retry-failed", help="transcribe again only the failed files of an output folder")
+    retry = sub.add_parser("retry-failed", allow_abbrev=False, help="transcribe again only the failed files of an output folder")
     retry.add_argument("output", help="the output folder or URL")
     add_resource_arguments(retry)
 
-    query = sub.add_parser("query", help="run DuckDB SQL over the views segments, files and plan of an output folder")
+    query = sub.add_parser("query", allow_abbrev=False, help="run DuckDB SQL over the views segments, files and plan of an output folder")
     query.add_argument("output", help="the output folder or URL")
     query.add_argument("sql", help="e.g. \"select language, sum(duration_s)/3600 as hours from files group by 1\"")
     query.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
@@ -63,27 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--to", default=None, help="write to this file instead of standard output")
     query.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    find = sub.add_parser("search", help="find segments by words or \"a phrase\", ranked, with context")
+    find = sub.add_parser("search", allow_abbrev=False, help="find segments by words or \"a phrase\", ranked, with context")
     find.add_argument("output", help="the output folder or URL")
     find.add_argument("words", help='words (all must appear) and "quoted phrases"; case and punctuation ignored')
-    find.add_argument("--limit", type=int, default=20)
+    find.add_argument("--limit", type=int, default=20, help="show at most this many hits, best first (default 20)")
     find.add_argument("--language", default=None, help="only segments in this language")
     find.add_argument("--uri", dest="uri_like", default=None, help="only files whose uri is LIKE this, e.g. '%%/2019/%%'")
     find.add_argument("--min-logprob", type=float, default=None, help="only segments at least this confident (avg_logprob)")
     find.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    exp = sub.add_parser("export", help="write one subtitle or text file per transcribed file")
+    exp = sub.add_parser("export", allow_abbrev=False, help="write one subtitle or text file per transcribed file")
     exp.add_argument("output", help="the output folder or URL")
     exp.add_argument("--format", choices=["srt", "vtt", "txt", "json", "tsv"], required=True)
     exp.add_argument("--to", default="transcripts", help="target folder (default: ./transcripts)")
     exp.add_argument("--where", default=None, help="SQL condition on the files view, e.g. \"language = 'en'\"")
     exp.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    verify = sub.add_parser("verify", help="check an output folder: every unit once, no duplicate, parts match markers")
+    verify = sub.add_parser("verify", allow_abbrev=False, help="check an output folder: every unit once, no duplicate, parts match markers")
     verify.add_argument("output", help="the output folder or URL")
     verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
-    models = sub.add_parser("models", help="list the bundled models and whether they are installed")
+    models = sub.add_parser("models", allow_abbrev=False, help="list the bundled models and whether they are installed")
     models.add_argument("--prepare", nargs="+", metavar="MODEL", default=[],
                         help="assemble and verify these models now (once per node, e.g. in setup commands)")
     return parser
@@ -101,7 +113,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beam-size", type=int, default=d.beam_size,
                    help=f"beam width (default {d.beam_size}, faster-whisper's; 1 is greedy and faster)")
     g.add_argument("--language", default=None, help="language code; default: detect (English-only models: en)")
-    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"])
+    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"],
+                   help="transcribe (default), or translate the speech into English text (multilingual models)")
     g.add_argument("--vad", action=argparse.BooleanOptionalAction, default=d.vad,
                    help="drop what Silero VAD calls non-speech before decoding (default off: VAD misses quiet, "
                         "whispered and telephone speech)")
@@ -124,7 +137,9 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads per actor (default: this node's `bulkscribe tune` profile, else 1)")
     r.add_argument("--actors", type=int, default=None,
                    help="actors in all (default: the profile's, on an embedded Ray; else cluster CPUs / threads)")
-    r.add_argument("--address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else start one here)")
+    r.add_argument("--address", default=None,
+                   help="run: join this Ray cluster (default: $RAY_ADDRESS, else start one here); "
+                        "submit: the cluster's dashboard URL, http://HEAD:8265 (required)")
     r.add_argument("--unit-timeout", type=float, default=None, metavar="SECONDS",
                    help="time limit per file (default: 60 s + 10 s per second of audio); past it: failed, timeout")
     p.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE",
@@ -161,17 +176,23 @@ def actor_options(args: argparse.Namespace) -> ActorOptions:
     """The resource flags, filled in from this node's tuning profile where not given."""
     from pipeline.tune import load_profile
 
+    log = logging.getLogger(__name__)
     profile = None
     if args.threads is None or args.actors is None:
         profile = load_profile()
     if profile is None:
-        return ActorOptions(threads=args.threads or 1, actors=args.actors)
-    logging.getLogger(__name__).info("tuning profile of this node: %s", profile)
+        chosen = ActorOptions(threads=args.threads or 1, actors=args.actors)
+        log.info("resources: %s actor(s) x %d thread(s) (%s)", chosen.actors or "one per CPU", chosen.threads,
+                 "as asked" if args.threads and args.actors else
+                 "no tuning profile for this node: defaults; `bulkscribe tune` measures it")
+        return chosen
     embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
     threads = args.threads or profile.threads
     actors = args.actors
     if actors is None and embedded and args.threads is None:
         actors = profile.actors  # the profile measured this very node
+    log.info("resources: %s actor(s) x %d thread(s) (tuning profile %s; --threads and --actors override it)",
+             actors or "one per CPU /", threads, profile.source)
     return ActorOptions(threads=threads, actors=actors)
 
 
@@ -227,7 +248,7 @@ def submit_command(args: argparse.Namespace, argv: list[str]) -> int:
 def query_command(args: argparse.Namespace) -> int:
     from pipeline.query import open_output
 
-    relation = open_output(args.output, dict(args.storage_option)).sql(args.sql)
+    relation = _sql(lambda: open_output(args.output, dict(args.storage_option)).sql(args.sql))
     if args.format == "table":
         text = str(relation)
         if args.to:
@@ -257,6 +278,16 @@ def query_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(lines)
     return 0
+
+
+def _sql(work):
+    """`work()`, with DuckDB's message for bad SQL instead of a traceback."""
+    import duckdb
+
+    try:
+        return work()
+    except duckdb.Error as exc:
+        raise ValueError(f"the SQL failed: {exc}") from None
 
 
 def search_command(args: argparse.Namespace) -> int:
@@ -334,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.export import export
             from pipeline.query import open_output
 
-            written = export(open_output(args.output, dict(args.storage_option)), args.format, args.to, args.where)
+            written = _sql(lambda: export(open_output(args.output, dict(args.storage_option)), args.format, args.to,
+                                          args.where))
             print(f"wrote {len(written)} {args.format} file(s) below {args.to}")
             return 0
         if args.command == "verify":
@@ -360,7 +392,27 @@ def main(argv: list[str] | None = None) -> int:
     except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, FileNotFoundError, ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted(args, argv)
     return 2
+
+
+def interrupted(args: argparse.Namespace, argv: list[str]) -> int:
+    """After Ctrl-C: what is committed stays, and the same command resumes (exit 130)."""
+    import shlex
+
+    print("\nbulkscribe: interrupted; committed shards are kept, shards in flight are abandoned.", file=sys.stderr)
+    output = getattr(args, "output", None)
+    if args.command in ("run", "retry-failed") and output:
+        try:
+            from pipeline.report import format_summary, summarize
+            from pipeline.store import OutputStore
+
+            print(format_summary(summarize(OutputStore(output, dict(args.storage_option)))), file=sys.stderr)
+        except Exception as exc:  # the folder may be half made; the message below still holds
+            logging.getLogger(__name__).debug("no summary after the interruption: %s", exc)
+        print(f"resume with: {shlex.join(['bulkscribe', *argv])}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ target folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 from typing import Any, Iterable
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("srt", "vtt", "txt", "json", "tsv")
 
@@ -117,6 +120,13 @@ def export(output, fmt: str, to: str, where: str | None = None) -> list[str]:
             seen["language"] = seen["language"] or unit["language"]
             if seen["status"] != unit["status"]:
                 seen["status"] = "failed" if "failed" in (seen["status"], unit["status"]) else "ok"
+    if fmt != "json":
+        # A file with nothing said (no_speech, failed) gets no empty subtitle file; its
+        # JSON still records its status.
+        empty = [uri for uri in files if not segments[uri]]
+        if empty:
+            logger.info("%d file(s) without segments (no_speech or failed) get no %s file", len(empty), fmt)
+        files = {uri: unit for uri, unit in files.items() if segments[uri]}
     names = target_names(list(files), fmt)
     written = []
     for uri, unit in files.items():

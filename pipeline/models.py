@@ -147,6 +147,23 @@ def resolve(name: str, *, check: bool = True) -> ResolvedModel:
     return model
 
 
+def is_multilingual(folder: str) -> bool | None:
+    """Whether the Whisper model in `folder` knows languages other than English, from its
+    vocabulary size as Whisper decides it (51,864 tokens for English-only models, more
+    for multilingual ones); None if the folder has no vocabulary file to tell."""
+    path = Path(folder)
+    if (path / "vocabulary.txt").exists():
+        with open(path / "vocabulary.txt", encoding="utf-8") as f:
+            size = sum(1 for _ in f)
+    elif (path / "vocabulary.json").exists():
+        import json
+
+        size = len(json.loads((path / "vocabulary.json").read_text(encoding="utf-8")))
+    else:
+        return None
+    return size >= 51_865
+
+
 def _package_file(package: str, relpath: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

@@ -20,17 +20,21 @@ class Summary:
     ok: int
     no_speech: int
     failed: int
-    audio_s: float
-    wall_s: float
+    audio_s: float  # committed audio, all runs
+    wall_s: float  # wall time of the runs counted in `run_audio_s`
+    run_audio_s: float = 0.0  # audio those runs transcribed
     node_hours: float = 0.0
     failures: dict[str, tuple[int, str]] = field(default_factory=dict)  # error_type -> (count, example)
     flags: dict[str, int] = field(default_factory=dict)  # flag -> files of `ok` status that carry it
+    decode_warnings: int = 0  # units whose audio decoded shorter than announced, or with errors
     shards_ran: int | None = None
     shards_skipped: int | None = None
 
     @property
     def rtfx(self) -> float | None:
-        return self.audio_s / self.wall_s if self.wall_s > 0 else None
+        """Audio transcribed per wall second, over runs that recorded both (a killed run
+        records neither, so its shards do not inflate the figure)."""
+        return self.run_audio_s / self.wall_s if self.wall_s > 0 and self.run_audio_s > 0 else None
 
     @property
     def complete(self) -> bool:
@@ -38,7 +42,8 @@ class Summary:
 
 
 def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float | None = None) -> Summary:
-    """Counts over committed shards. `audio_s`/`wall_s` default to the totals of all runs."""
+    """Counts over committed shards. `audio_s`/`wall_s`: what one run transcribed and its
+    wall time; by default the totals of the runs that recorded themselves."""
     plan = store.read_plan()
     markers = store.markers()
     statuses = {s: sum(m["statuses"].get(s, 0) for m in markers) for s in ("ok", "no_speech", "failed")}
@@ -52,10 +57,12 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
         ok=statuses["ok"],
         no_speech=statuses["no_speech"],
         failed=statuses["failed"],
-        audio_s=sum(m["audio_s"] for m in markers) if audio_s is None else audio_s,
+        audio_s=sum(m["audio_s"] for m in markers),
         wall_s=sum(r.get("wall_s", 0.0) for r in runs) if wall_s is None else wall_s,
+        run_audio_s=sum(r.get("audio_s", 0.0) for r in runs) if audio_s is None else audio_s,
         node_hours=sum(r.get("wall_s", 0.0) * r.get("nodes", 0) for r in runs) / 3600,
         flags={f: n for f in FLAGS if (n := sum(m.get("flags", {}).get(f, 0) for m in markers))},
+        decode_warnings=sum(m.get("decode_warnings", 0) for m in markers),
     )
     if summary.failed:
         summary.failures = _failures(store, [m["shard"] for m in markers if m["statuses"].get("failed")])
@@ -96,10 +103,16 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
         f"output:  {s.output}  ({state})",
         f"shards:  {s.shards_committed}/{s.shards_planned} committed; units {s.units_done}/{s.units_planned}",
         f"files:   {s.ok} ok, {s.no_speech} no_speech, {s.failed} failed",
-        f"audio:   {hours:.3f} h ({s.audio_s:.1f} s) in {s.wall_s:.1f} s wall{' this run' if this_run else ''}: {rtfx}",
+        f"audio:   {hours:.3f} h ({s.audio_s:.1f} s) committed; "
+        + (f"this run transcribed {s.run_audio_s:.1f} s in {s.wall_s:.1f} s wall: {rtfx}" if this_run else
+           f"finished runs transcribed {s.run_audio_s:.1f} s in {s.wall_s:.1f} s wall: {rtfx}"),
     ]
     for kind, (count, example) in s.failures.items():
         lines.append(f"failed:  {count} x {kind}, e.g. {example[:300]}")
+    if s.decode_warnings:
+        lines.append(f"warning: {s.decode_warnings} file(s) decoded with a warning (missing audio or decode errors); "
+                     f"list them with bulkscribe query {s.output} "
+                     "\"select uri, decode_warning from files where decode_warning is not null\"")
     if s.flags:
         counts = ", ".join(f"{n} {flag}" for flag, n in s.flags.items())
         lines.append(f"flagged: {counts} (doubtful transcripts: README, \"Doubtful transcripts\"; list them with "

@@ -38,6 +38,13 @@ WORKER_SETUP_ENV = "BULKSCRIBE_WORKER_SETUP"
 ACTOR_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
+def actor_env(threads: int) -> dict[str, str]:
+    """The environment of an actor of `threads` threads (see `transcriber.process_env`)."""
+    from pipeline.transcriber import process_env
+
+    return {**ACTOR_ENV, **process_env(threads)}
+
+
 class JobMismatchError(ValueError):
     """The output folder holds a job whose transcripts would differ from this one's."""
 
@@ -56,18 +63,35 @@ def run(spec: JobSpec) -> Summary:
     run_setup_hook()
     store = OutputStore(spec.output, spec.storage_options)
     model = models.resolve(spec.whisper.model)
+    check_language(spec.whisper, model)
+    # Nothing is written before the inputs are known to exist.
+    units = inputs.expand(spec.inputs, spec.storage_options)
     # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
     os.environ[DRIVER_PID_ENV] = str(os.getpid())
     with Lease(store):
-        return _run_locked(spec, store, model, started)
+        return _run_locked(spec, store, model, units, started)
 
 
-def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, started: float) -> Summary:
+def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None:
+    """Refuse a language the model cannot transcribe, before anything is written."""
+    if options.language is None:
+        return
+    from pipeline.transcriber import language_codes
+
+    if options.language not in language_codes():
+        raise ValueError(f"unknown language code {options.language!r}; Whisper's codes are "
+                         f"{', '.join(sorted(language_codes()))}")
+    if options.language != "en" and models.is_multilingual(model.path) is False:
+        raise ValueError(f"{model.name} is an English-only model: it cannot transcribe language {options.language!r} "
+                         "(use --model base, or leave out --language)")
+
+
+def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, units: pa.Table,
+                started: float) -> Summary:
     fields = fingerprint_fields(spec.whisper, model.sha256)
     job = store.read_job()
     if job is not None:
         check_fingerprint(job, fields)
-    units = inputs.expand(spec.inputs, spec.storage_options)
     results: list[ShardResult] = []
     with contextlib.ExitStack() as stack:
         cpus: list[float] = []
@@ -92,7 +116,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
         )
         if pending:
-            config = _worker_config(spec, model.sha256, job["fingerprint"])
+            config = _worker_config(spec, model.sha256, job["fingerprint"], language_check_model(spec, model))
             results = _execute(planned, pending, config, actor_count(), spec.progress)
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending))
 
@@ -186,7 +210,7 @@ def retry_failed(
             logger.info("retrying the failed units of %d shard(s)", len(shards))
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": _iso(time.time())})
-            config = _worker_config(spec, model_sha, job["fingerprint"])
+            config = _worker_config(spec, model_sha, job["fingerprint"], language_check_model(spec, model))
             with _ray_session(spec) as cpus:
                 results = _execute(store.read_plan(), shards, config, _actor_count(actors, cpus), progress, mode="retry")
         else:
@@ -199,7 +223,20 @@ def _actor_count(actors: ActorOptions, cpus: float) -> int:
     return actors.actors or max(1, int(cpus // actors.threads))
 
 
-def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str) -> WorkerConfig:
+def language_check_model(spec: JobSpec, model: models.ResolvedModel) -> str | None:
+    """The model that names the language of doubtful transcripts, if this job needs one
+    (an English-only model) and it is installed; else None, said once here."""
+    if spec.language_check is None or models.is_multilingual(model.path) is not False:
+        return None
+    try:
+        models.resolve(spec.language_check)
+    except models.ModelError as exc:
+        logger.info("files in other languages will not be flagged language_mismatch: %s", exc)
+        return None
+    return spec.language_check
+
+
+def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str, language_check: str | None) -> WorkerConfig:
     return WorkerConfig(
         output=spec.output,
         whisper=spec.whisper,
@@ -209,7 +246,7 @@ def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str) -> Wo
         fingerprint=job_fingerprint,
         storage_options=dict(spec.storage_options),
         unit_timeout_s=spec.unit_timeout_s,
-        language_check=spec.language_check,
+        language_check=language_check,
     )
 
 
@@ -268,31 +305,49 @@ def _execute(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=pool, max_size=pool, max_tasks_in_flight_per_actor=1),
         num_cpus=config.threads,
-        runtime_env={"env_vars": ACTOR_ENV},
+        runtime_env={"env_vars": actor_env(config.threads)},
     )
     logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(items), pool, config.threads)
-    results, done_audio, done_est, failed, start = [], 0.0, 0.0, 0, time.time()
-    total_est = sum(est_s.values())
+    results = []
+    tally = Progress(est_s)
     with logging_redirect_tqdm(), tqdm(
-        total=round(total_est / 60, 1), unit="audio-min", disable=None if progress is None else not progress,
-        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio-min [{elapsed}<{remaining}{postfix}]",
+        total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,
+        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} planned audio-min [{elapsed}<{remaining}{postfix}]",
     ) as bar:
         for row in dataset.iter_rows():
             result = ShardResult(**row)
             results.append(result)
-            done_audio += result.audio_s
-            done_est += est_s[result.shard]
-            failed += result.failed
-            # Sizes only estimate durations; rescale what is left by what was measured.
-            scale = done_audio / done_est if done_est > 0 else 1.0
-            bar.total = round((done_audio + (total_est - done_est) * scale) / 60, 1)
-            bar.update(result.audio_s / 60)
-            bar.set_postfix_str(
-                f"shards {len(results)}/{len(items)}, {done_audio / max(time.time() - start, 1e-9):.1f}x RT, "
-                f"failed {failed}",
-                refresh=True,
-            )
+            bar.update(tally.add(result))
+            bar.set_postfix_str(tally.postfix(), refresh=True)
     return results
+
+
+class Progress:
+    """The progress bar's figures. It moves by each finished shard's planned audio (file
+    sizes estimate it before decoding), so its total never changes and the time left is
+    the planned work left at the speed so far; the audio measured after decoding and the
+    real-time factor are shown beside it. Rescaling the total by a few early shards made
+    it swing (18 -> 36 -> 26 audio-min) and the ETA read 7:54 for a run that ended at 1:37.
+    """
+
+    def __init__(self, est_s: dict[int, float]):
+        self.est_s = est_s
+        self.total_min = round(sum(est_s.values()) / 60, 1)
+        self.shards = self.failed = 0
+        self.audio_s = 0.0
+        self.started = time.monotonic()
+
+    def add(self, result: ShardResult) -> float:
+        """Count a finished shard; returns the bar's step, in planned audio-minutes."""
+        self.shards += 1
+        self.failed += result.failed
+        self.audio_s += result.audio_s
+        return self.est_s[result.shard] / 60
+
+    def postfix(self) -> str:
+        rate = self.audio_s / max(time.monotonic() - self.started, 1e-9)
+        return (f"shards {self.shards}/{len(self.est_s)}, {self.audio_s / 60:.1f} audio-min measured, "
+                f"{rate:.1f}x RT, failed {self.failed}")
 
 
 @contextlib.contextmanager

@@ -181,6 +181,27 @@ def _needs_fallback(s: "Segment") -> bool:
     return (s.compression_ratio > COMPRESSION_RATIO_LIMIT or s.avg_logprob < LOGPROB_LIMIT) and not silent
 
 
+def process_env(threads: int) -> dict[str, str]:
+    """Environment for a process that will run CTranslate2 with `threads` threads; it must
+    be set before the process starts.
+
+    With OMP_NUM_THREADS=1 (what Ray gives a 1-CPU actor) CTranslate2 4.8 computes
+    through other kernels: tiny.en decoded LDC93S1 at avg_logprob -0.4827 instead of
+    -0.4769, split JFK into two segments and, falling back, wrote "break and noise
+    speech" for "break a nice speech". Unset, 2 or 4 all gave the same results, with 1
+    or 2 intra-op threads (`cpu_threads` sets those), as does faster-whisper run by hand.
+    So never 1: the same file gives the same text on actors of any size.
+    """
+    return {"OMP_NUM_THREADS": str(max(2, threads))}
+
+
+def language_codes() -> frozenset[str]:
+    """The language codes Whisper knows."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
 def _load(model_path: str, compute_type: str, cpu_threads: int):
     from faster_whisper import WhisperModel
 

@@ -19,7 +19,7 @@ import platform
 import re
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PROFILE_DIR_ENV = "BULKSCRIBE_PROFILE_DIR"
+# Each candidate is measured this many times, and a spread between repeats over this
+# share of the speed is reported: on a busy machine one measurement picked a setting
+# at 15.4x over one at 6.7x that an idle machine ranks the other way.
+ROUNDS = 2
+NOISE_SHARE = 0.15
 # Sample audio each actor transcribes per candidate: enough to even out file lengths,
 # little enough that the candidates fit in about a minute on two cores.
 SAMPLE_AUDIO_S = 150.0
@@ -37,6 +42,8 @@ SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech
 class Profile:
     threads: int
     actors: int
+    # Where the profile came from, for the run's first lines.
+    source: str = field(default="", compare=False)
 
     def as_dict(self) -> dict[str, int]:
         return {"threads": self.threads, "actors": self.actors}
@@ -79,7 +86,8 @@ def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
     path = profile_path(shape)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return Profile(threads=int(data["best"]["threads"]), actors=int(data["best"]["actors"]))
+        return Profile(threads=int(data["best"]["threads"]), actors=int(data["best"]["actors"]),
+                       source=f"{path}, measured {data.get('measured_at', '?')}")
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
@@ -135,8 +143,11 @@ def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> d
         ctx.Process(target=_worker, args=(model_path, data, candidate.as_dict(), clips, start, results), daemon=True)
         for _ in range(candidate.actors)
     ]
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",)}
-    os.environ["OMP_NUM_THREADS"] = str(candidate.threads)
+    from pipeline.transcriber import process_env
+
+    wanted = process_env(candidate.threads)  # as an actor of this size would have it
+    env = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         for p in procs:
             p.start()
@@ -170,11 +181,17 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
     resolved = models.resolve(whisper.model)
     shape = node_shape()
     started = time.perf_counter()
+    runs: dict[Profile, list[dict[str, Any]]] = {c: [] for c in candidates(shape["cpus"])}
+    for _ in range(ROUNDS):  # interleaved, so that a busy spell hits every candidate
+        for candidate, found in runs.items():
+            found.append(measure(candidate, resolved.path, whisper, clips))
+            logger.info("%d actor(s) x %d thread(s): %.1fx real time",
+                        candidate.actors, candidate.threads, found[-1]["rtfx"])
     results = []
-    for candidate in candidates(shape["cpus"]):
-        result = measure(candidate, resolved.path, whisper, clips)
-        logger.info("%d actor(s) x %d thread(s): %.1fx real time", candidate.actors, candidate.threads, result["rtfx"])
-        results.append(result)
+    for found in runs.values():
+        speeds = [r["rtfx"] for r in found]
+        results.append({**found[-1], "rtfx": sum(speeds) / len(speeds), "rtfx_runs": speeds,
+                        "peak_rss_mb_per_actor": max(r["peak_rss_mb_per_actor"] for r in found)})
     best = max(results, key=lambda r: r["rtfx"])
     profile = {
         "shape": shape,
@@ -186,6 +203,7 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
         "measurements": results,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tune_s": time.perf_counter() - started,
+        "warning": noise_warning(results),
     }
     path = profile_path(shape)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +212,18 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
     os.replace(tmp, path)
     profile["path"] = str(path)
     return profile
+
+
+def noise_warning(results: list[dict[str, Any]]) -> str | None:
+    """A warning when repeated measurements of one candidate differ by more than
+    NOISE_SHARE, or by more than the best candidate's lead: the choice may be noise."""
+    spread = max((max(r["rtfx_runs"]) - min(r["rtfx_runs"])) / max(r["rtfx_runs"]) for r in results)
+    ranked = sorted((r["rtfx"] for r in results), reverse=True)
+    lead = (ranked[0] - ranked[1]) / ranked[0] if len(ranked) > 1 else 1.0
+    if spread <= NOISE_SHARE and spread <= lead:
+        return None
+    return (f"repeated measurements of one setting differed by up to {spread:.0%} (the best led by {lead:.0%}): "
+            "the machine was busy and the choice may be noise; run `bulkscribe tune` again when it is idle")
 
 
 def format_profile(profile: dict[str, Any]) -> str:
@@ -206,4 +236,6 @@ def format_profile(profile: dict[str, Any]) -> str:
         lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['rtfx']:>12.1f}"
                      f" {r.get('peak_rss_mb_per_actor', 0):>13.0f}{mark}")
     lines.append(f"measured in {profile['tune_s']:.0f} s; profile: {profile.get('path', '')}")
+    if profile.get("warning"):
+        lines.append(f"warning: {profile['warning']}")
     return "\n".join(lines)

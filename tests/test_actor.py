@@ -51,6 +51,9 @@ def test_a_shard_with_good_and_bad_files(tmp_path, speech_dir, transcriber, conf
     assert rows["truncated.mp3"]["status"] == "ok"
     assert "decoded 5.3s of a 53.3s container" in rows["truncated.mp3"]["decode_warning"]
     assert all(r["attempts"] == 1 and r["node"] == "test-node" and r["cpu_threads"] == 2 for r in rows.values())
+    from pipeline.report import format_summary, summarize
+
+    assert "warning: 1 file(s) decoded with a warning" in format_summary(summarize(store))
 
     segments = store.read_parquet(store.part_path("segments", 0))
     assert segments.schema.equals(SEGMENTS_SCHEMA)

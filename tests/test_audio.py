@@ -110,3 +110,19 @@ def test_decode_timeout_kills_ffmpeg(tmp_path, speech_dir):
     with pytest.raises(audio.DecodeError) as info:
         audio.decode(str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"), timeout_s=0.001)
     assert info.value.error_type == "timeout"
+
+
+def test_no_false_warning_for_a_window_or_a_video_longer_than_its_audio(tmp_path, speech_dir):
+    import subprocess
+
+    sonnet = str(speech_dir / "librivox" / "shakespeare_sonnet_001.mp3")
+    # The last window of a split file, and one in its middle.
+    assert audio.decode(sonnet, start_s=30.0).warning is None
+    assert audio.decode(sonnet, start_s=10.0, end_s=30.0).warning is None
+    # A video whose picture goes on 4 s after the speech ends.
+    video = tmp_path / "talk.mp4"
+    subprocess.run([audio.ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:d=7",
+                    "-i", str(speech_dir / "misc" / "LDC93S1.wav"), "-c:v", "mpeg4", "-c:a", "aac", str(video)],
+                   check=True)
+    decoded = audio.decode(str(video))
+    assert abs(decoded.duration_s - 2.9) < 0.2 and decoded.warning is None

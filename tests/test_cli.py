@@ -66,3 +66,54 @@ def test_errors_are_one_clear_line(tmp_path):
 def test_models_lists_the_bundled_models():
     listed = bulkscribe("models")
     assert listed.returncode == 0 and "tiny.en" in listed.stdout and "base" in listed.stdout
+
+
+def test_version():
+    shown = bulkscribe("--version")
+    assert shown.returncode == 0 and shown.stdout.startswith("bulkscribe ") and shown.stdout.split()[1][0].isdigit()
+
+
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, small_corpus):
+    out = tmp_path / "out"
+    missing = bulkscribe("run", str(tmp_path / "nope"), "--output", str(out))
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    unknown = bulkscribe("run", str(small_corpus), "--output", str(out), "--language", "xx")
+    assert unknown.returncode == 2 and "unknown language code 'xx'" in unknown.stderr
+    english_only = bulkscribe("run", str(small_corpus), "--output", str(out), "--language", "de")
+    assert english_only.returncode == 2 and "tiny.en is an English-only model" in english_only.stderr
+    for refused in (missing, unknown, english_only):
+        assert "Traceback" not in refused.stderr
+    assert not out.exists()
+
+
+def test_bad_sql_is_one_clear_line(transcribed):
+    query = bulkscribe("query", str(transcribed), "selec uri form files")
+    assert query.returncode == 2 and "the SQL failed" in query.stderr and "syntax error" in query.stderr
+    assert "Traceback" not in query.stderr
+    export = bulkscribe("export", str(transcribed), "--format", "srt", "--where", "no_such_column = 1")
+    assert export.returncode == 2 and "the SQL failed" in export.stderr and "no_such_column" in export.stderr
+    assert "Traceback" not in export.stderr
+
+
+def test_export_writes_no_empty_subtitles_and_times_are_whole_milliseconds(transcribed, tmp_path):
+    from pipeline.query import open_output
+
+    srt = bulkscribe("export", str(transcribed), "--format", "srt", "--to", str(tmp_path / "srt"))
+    assert srt.returncode == 0, srt.stderr
+    names = sorted(p.name for p in (tmp_path / "srt").rglob("*.srt"))
+    assert names and "empty_noise.srt" not in names and all(p.stat().st_size > 0 for p in (tmp_path / "srt").rglob("*.srt"))
+    assert "without segments" in srt.stderr
+    js = bulkscribe("export", str(transcribed), "--format", "json", "--to", str(tmp_path / "json"))
+    assert js.returncode == 0 and (tmp_path / "json" / "misc" / "empty_noise.json").exists()
+    segments = open_output(str(transcribed)).segments.to_table().to_pylist()
+    assert segments and all(round(s[k], 3) == s[k] for s in segments for k in ("start", "end"))
+
+
+def test_abbreviated_options_are_refused_not_forwarded(capsys):
+    # `submit` forwards the run's options as written: an abbreviation read as --wait here
+    # would reach the cluster's `run` as an unknown option.
+    for argv in (["submit", "in", "-o", "out", "--addr", "http://h:8265", "--wai"], ["run", "in", "-o", "out", "--beam", "1"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

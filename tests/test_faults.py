@@ -134,6 +134,15 @@ def test_driver_killed_mid_run_then_resumed(corpus, reference, tmp_path):
     stdout = run_ok(corpus, out)
     assert f"{committed} already committed" in stdout
     check_output(out, reference)
+    # The real-time figure counts only what finished runs transcribed in their own time:
+    # the killed run's shards are committed audio, but not audio of a recorded run.
+    from pipeline.report import summarize
+    from pipeline.store import OutputStore
+
+    summary = summarize(OutputStore(str(out)))
+    runs = OutputStore(str(out)).runs()
+    assert len(runs) == 1 and summary.run_audio_s == runs[0]["audio_s"] < summary.audio_s
+    assert summary.rtfx == runs[0]["audio_s"] / runs[0]["wall_s"]
 
 
 def test_transient_storage_errors_are_retried(corpus, reference, tmp_path):
@@ -229,3 +238,18 @@ def test_preemption_notice_drains_a_node(corpus, reference, tmp_path, cluster):
     import duckdb
 
     assert duckdb.sql(f"select count(distinct node) from '{out}/files/*.parquet'").fetchall()[0][0] >= 2
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    # Every shard pauses, so the interruption lands with shards in flight.
+    first = start(corpus, out, env={"BULKSCRIBE_SHARD_PAUSE_S": "1"})
+    wait_until(lambda: shard_in_flight(out), what="a shard in flight after a commit")
+    first.send_signal(signal.SIGINT)
+    code, stdout, stderr = finish(first)
+    assert code == 130, stderr[-3000:]
+    assert "interrupted" in stderr and "resume with: bulkscribe run" in stderr and "Traceback" not in stderr
+    assert not (out / "_lease.json").exists()
+    assert 1 <= markers_in(out) < 8
+    run_ok(corpus, out)
+    check_output(out, reference)

@@ -162,6 +162,8 @@ def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, 
     assert summary.shards_ran == 1 and (summary.ok, summary.failed) == (3, 0)
     after = {r["uri"]: r for r in _table(out, "files").to_pylist()}
     later = str(clips / "later.flac")
+    # The run's figures count the one file it transcribed, not the shard's others.
+    assert summary.run_audio_s == after[later]["duration_s"] < summary.audio_s
     assert after[later]["status"] == "ok" and after[later]["attempts"] == 2
     for uri in before:
         if uri != later:
@@ -171,3 +173,17 @@ def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, 
     assert verify(OutputStore(str(out))).ok
     assert not list((out / "_retry").glob("*.json"))
     assert retry_failed(str(out)).shards_ran == 0  # nothing left to retry
+
+
+def test_the_progress_total_stays_put_and_ends_full():
+    from pipeline.actor import ShardResult
+    from pipeline.run import Progress
+
+    planned = {0: 600.0, 1: 600.0, 2: 1200.0}  # estimates from file sizes
+    tally = Progress(planned)
+    assert tally.total_min == 40.0
+    steps = []
+    for shard, measured in ((1, 1150.0), (0, 90.0), (2, 400.0)):  # measured audio far from the estimate
+        steps.append(tally.add(ShardResult(shard, 1, False, True, 1, 1, 0, 0, measured, 10.0, "n")))
+    assert tally.total_min == 40.0 and abs(sum(steps) - 40.0) < 1e-9
+    assert "shards 3/3" in tally.postfix() and "27.3 audio-min measured" in tally.postfix()

@@ -25,7 +25,9 @@ def test_the_node_shape_names_the_profile():
 
 
 @pytest.mark.slow
-def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, monkeypatch):
+def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, monkeypatch, caplog):
+    import logging
+
     monkeypatch.setenv(tune.PROFILE_DIR_ENV, str(tmp_path / "profiles"))
     sample = tmp_path / "sample"
     sample.mkdir()
@@ -42,9 +44,23 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
     assert "<- best" in tune.format_profile(profile)
 
     parse = build_parser().parse_args
-    chosen = actor_options(parse(["run", "in", "-o", "out"]))
+    with caplog.at_level(logging.INFO, logger="pipeline.cli"):
+        chosen = actor_options(parse(["run", "in", "-o", "out"]))
+    assert f"tuning profile {tune.profile_path()}" in caplog.text  # every run says which profile applies
+    assert all(len(r["rtfx_runs"]) == tune.ROUNDS for r in profile["measurements"])
     assert (chosen.threads, chosen.actors) == (best["threads"], best["actors"])
     forced = actor_options(parse(["run", "in", "-o", "out", "--threads", "2"]))
     assert forced.threads == 2 and forced.actors is None
     joined = actor_options(parse(["run", "in", "-o", "out", "--address", "ray://head:10001"]))
     assert joined.actors is None and joined.threads == best["threads"]  # a cluster: one actor per `threads` CPUs
+
+
+def test_noisy_measurements_are_reported():
+    steady = [{"rtfx": 40.0, "rtfx_runs": [39.0, 41.0]}, {"rtfx": 30.0, "rtfx_runs": [30.0, 30.0]}]
+    assert tune.noise_warning(steady) is None
+    # What a busy machine gave: one setting measured at 15.4x and 6.7x.
+    busy = [{"rtfx": 11.0, "rtfx_runs": [15.4, 6.7]}, {"rtfx": 10.0, "rtfx_runs": [10.0, 10.0]}]
+    assert "differed by up to 56%" in tune.noise_warning(busy)
+    # Steady, but too close to call.
+    close = [{"rtfx": 40.0, "rtfx_runs": [38.0, 42.0]}, {"rtfx": 39.5, "rtfx_runs": [39.5, 39.5]}]
+    assert "the best led by 1%" in tune.noise_warning(close)

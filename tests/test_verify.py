@@ -1,0 +1,96 @@
+"""`verify` is the oracle of every fault test: here it is shown each breach it must report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.store import OutputStore
+from pipeline.verify import verify
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def out(transcribed, tmp_path):
+    """A private copy of a real, complete output folder."""
+    copy = tmp_path / "out"
+    shutil.copytree(transcribed, copy)
+    assert verify(OutputStore(str(copy))).ok
+    return copy
+
+
+def _shard_with_segments(out) -> int:
+    for part in sorted((out / "segments").glob("part-*.parquet")):
+        if pq.read_table(part).num_rows >= 2:
+            return int(part.stem.split("-")[1])
+    raise AssertionError("no shard with two segments")
+
+
+def _rewrite(out, table: str, shard: int, change, *, fix_marker: bool) -> None:
+    """Rewrite a part through `change`; with `fix_marker`, make the marker agree, so that
+    only the change itself is wrong."""
+    store = OutputStore(str(out))
+    path = out / table / f"part-{shard:06d}.parquet"
+    new = change(pq.read_table(path))
+    written = store.write_part(table, shard, new)
+    marker_path = out / "_commits" / f"{shard:06d}.json"
+    marker = json.loads(marker_path.read_text())
+    if fix_marker:
+        marker["parts"][table] = written
+        marker_path.write_text(json.dumps(marker))
+
+
+def _problems(out) -> str:
+    result = verify(OutputStore(str(out)))
+    assert not result.ok
+    return "\n".join(result.problems)
+
+
+def test_a_duplicated_segment(out):
+    shard = _shard_with_segments(out)
+    _rewrite(out, "segments", shard, lambda t: pa.concat_tables([t, t.slice(0, 1)]), fix_marker=True)
+    problems = _problems(out)
+    assert "appears 2 times" in problems and "sha256" not in problems
+
+
+def test_a_missing_part(out):
+    shard = _shard_with_segments(out)
+    (out / "files" / f"part-{shard:06d}.parquet").unlink()
+    assert f"shard {shard}: marker exists but files part is missing" in _problems(out)
+
+
+def test_a_part_that_does_not_match_its_marker(out):
+    shard = _shard_with_segments(out)
+    _rewrite(out, "segments", shard, lambda t: t.slice(1), fix_marker=False)
+    problems = _problems(out)
+    assert f"shard {shard}: sha256 of the segments part does not match its marker" in problems
+    assert "rows, marker says" in problems
+
+
+def test_a_unit_lost_from_files(out):
+    shard = _shard_with_segments(out)
+    _rewrite(out, "files", shard, lambda t: t.slice(1), fix_marker=True)
+    assert "appears 0 times in files" in _problems(out)
+
+
+def test_an_orphan_part_is_a_note_and_an_orphan_marker_a_problem(out):
+    store = OutputStore(str(out))
+    part = next((out / "segments").glob("part-*.parquet"))
+    shutil.copy(part, out / "segments" / "part-000999.parquet")
+    result = verify(store)
+    assert result.ok and any("uncommitted shard 999" in n for n in result.notes)
+    marker = next((out / "_commits").glob("*.json"))
+    shutil.copy(marker, out / "_commits" / "000999.json")
+    assert "marker for shard 999, which is not in the plan" in _problems(out)
+
+
+def test_an_uncommitted_shard(out):
+    marker = sorted((out / "_commits").glob("*.json"))[0]
+    marker.unlink()
+    assert f"shard {int(marker.stem)} is not committed" in _problems(out)
+    assert verify(OutputStore(str(out)), require_complete=False).ok
