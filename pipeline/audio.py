@@ -5,7 +5,7 @@ ffmpeg-python builds the command; the binary is the one the imageio-ffmpeg wheel
 come back through a pipe. File names are passed as arguments, never through a shell,
 and with ffmpeg's `file:` prefix so that a name starting with `-` or holding `:` is
 still a name. We do not use PyAV's whole-file `decode_audio`: it peaked at 1.7 GB on a
-3-hour mp3, where ffmpeg's output is 4 bytes a sample (690 MB for 3 hours).
+3-hour mp3, where ffmpeg's output is 2 bytes a sample, 4 once converted (690 MB for 3 hours).
 """
 
 from __future__ import annotations
@@ -165,7 +165,10 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float
         input_args["t"] = f"{end_s - start_s:.3f}"
     stream = (
         ffmpeg.input(_ffmpeg_source(path), **input_args)
-        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None)
+        # 16-bit samples, scaled as faster-whisper's own decode_audio scales them: float
+        # output differs by half a step of 16 bits, and that alone changed a word of an
+        # 8 kHz call ("she called" -> "he called") against faster-whisper run by hand.
+        .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None)
         # level+info: every line tagged with its level, and the container's Duration line.
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-threads", "1")
     )
@@ -182,7 +185,7 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float
         message = "\n".join(errors) or stderr.strip() or f"exit code {process.returncode}"
         error_type = "no_audio_stream" if "does not contain any stream" in stderr else "decode_error"
         raise DecodeError(error_type, f"ffmpeg failed: {message[-_STDERR_CHARS:]}")
-    samples = np.frombuffer(out, dtype=np.float32)
+    samples = np.frombuffer(out, dtype=np.int16).astype(np.float32) / 32768.0
     container_s = _container_seconds(stderr)
     if container_s is not None:
         # What this window of the container should hold.
