@@ -385,7 +385,8 @@ def decode_unit(
     except IsADirectoryError as exc:
         return unit, _failed(row, "not_a_file", f"{unit['uri']}: {exc.strerror or exc}", t0), None
     row["decode_s"] = time.perf_counter() - t0
-    row["duration_s"] = decoded.duration_s
+    # Milliseconds, like segment times: a segment then never ends after its file.
+    row["duration_s"] = round(decoded.duration_s, 3)
     row["decode_warning"] = decoded.warning
     if len(decoded.samples) == 0:
         return unit, _finish(row, "no_speech"), None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,9 +32,11 @@ def start(corpus: Path | str, out: Path | str, *extra: str, env: dict | None = N
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--output", str(out), *RUN_OPTIONS, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        # As from a user's shell: the Ray of this test process sets RAY_AUTH_MODE in its
-        # own environment, which would otherwise change what the run's Ray prints.
-        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "PYTHONPATH": str(ROOT), **(env or {})},
+        # An embedded run as from a user's shell: the Ray of this test process sets
+        # RAY_AUTH_MODE in its own environment, which would change what the run's Ray
+        # prints. A run that joins a cluster keeps it (it needs the token).
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE" or "--address" in extra},
+             "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -132,7 +135,9 @@ def test_driver_killed_mid_run_then_resumed(corpus, reference, tmp_path):
     committed = markers_in(out)
     assert 2 <= committed < 8
     stdout = run_ok(corpus, out)
-    assert f"{committed} already committed" in stdout
+    # An actor of the killed driver may still commit the shard it was finishing.
+    skipped = int(re.search(r"(\d+) already committed", stdout).group(1))
+    assert committed <= skipped < 8
     check_output(out, reference)
     # The real-time figure counts only what finished runs transcribed in their own time:
     # the killed run's shards are committed audio, but not audio of a recorded run.
