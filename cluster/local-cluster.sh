@@ -2,7 +2,11 @@
 # A multi-node Ray cluster on this machine: a head with 0 CPUs and worker nodes of the
 # given sizes, each a separate `ray start` process with its own ports, all on 127.0.0.1.
 #
-#   cluster/local-cluster.sh start [CPUS_OF_WORKER_1 CPUS_OF_WORKER_2 ...]   (default: 1 1)
+#   cluster/local-cluster.sh start [CPUS_OF_WORKER_1 CPUS_OF_WORKER_2 ...]   (default: 1 1;
+#                                            `start 0`: the head alone, workers join with add)
+#   cluster/local-cluster.sh add CPUS        a worker node joins the running cluster
+#   cluster/local-cluster.sh remove NODE     worker NODE (e.g. worker-2) leaves: SIGTERM, as a
+#                                            spot VM's shutdown sends (Ray drains it), then KILL
 #   cluster/local-cluster.sh status
 #   cluster/local-cluster.sh stop
 #
@@ -35,6 +39,15 @@ start_node() {  # name, ray start arguments...
   echo $! >"$DIR/$name.pid"
 }
 
+stop_node() {  # pid file
+  local pid
+  pid=$(cat "$1")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$1"
+}
+
 wait_for_nodes() {  # expected node count
   for _ in $(seq 1 60); do
     local alive
@@ -65,13 +78,33 @@ case "${1:-}" in
     # each node's Unix sockets when it starts (raylet, raylet.1, ...); two at once collide.
     i=1
     for cpus in "${workers[@]}"; do
+      [ "$cpus" != 0 ] || continue
       # shellcheck disable=SC2046
       start_node "worker-$i" --address="127.0.0.1:$HEAD_PORT" --num-cpus="$cpus" $(node_ports "$i")
       wait_for_nodes $((i + 1))
       i=$((i + 1))
     done
-    echo "head 127.0.0.1:$HEAD_PORT, workers with ${workers[*]} CPUs"
+    echo "head 127.0.0.1:$HEAD_PORT, workers with ${workers[*]} CPUs (0: none)"
     echo "dashboard and job submission: http://127.0.0.1:$DASHBOARD_PORT"
+    ;;
+  add)
+    [ $# -eq 2 ] || { echo "usage: $0 add CPUS" >&2; exit 2; }
+    [ -e "$DIR/head.pid" ] || { echo "not running (see $0 start)" >&2; exit 1; }
+    i=1
+    while [ -e "$DIR/worker-$i.pid" ]; do i=$((i + 1)); done
+    alive=$(ls "$DIR"/*.pid | wc -l)
+    # shellcheck disable=SC2046
+    start_node "worker-$i" --address="127.0.0.1:$HEAD_PORT" --num-cpus="$2" $(node_ports "$i")
+    wait_for_nodes $((alive + 1))
+    echo "worker-$i joined with $2 CPUs"
+    ;;
+  remove)
+    [ $# -eq 2 ] || { echo "usage: $0 remove NODE" >&2; exit 2; }
+    f="$DIR/$2.pid"
+    case "$2" in worker-*) ;; *) echo "only worker nodes can be removed" >&2; exit 2;; esac
+    [ -e "$f" ] || { echo "no node $2 (see $0 status)" >&2; exit 1; }
+    stop_node "$f"
+    echo "$2 left"
     ;;
   status)
     for f in "$DIR"/*.pid; do
@@ -83,16 +116,12 @@ case "${1:-}" in
   stop)
     for f in "$DIR"/worker-*.pid "$DIR"/head.pid; do
       [ -e "$f" ] || continue
-      pid=$(cat "$f")
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      rm -f "$f"
+      stop_node "$f"
     done
     echo "stopped"
     ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

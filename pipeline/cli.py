@@ -136,7 +136,8 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads per actor (default: this node's `bulkscribe tune` profile, else 1)")
     r.add_argument("--actors", type=int, default=None,
-                   help="actors in all (default: the profile's, on an embedded Ray; else cluster CPUs / threads)")
+                   help="a fixed pool of this many actors (default: the profile's, on an embedded Ray; on a cluster, "
+                        "an elastic pool: CPUs / threads, growing as nodes join)")
     r.add_argument("--address", default=None,
                    help="run: join this Ray cluster (default: $RAY_ADDRESS, else start one here); "
                         "submit: the cluster's dashboard URL, http://HEAD:8265 (required)")

@@ -74,7 +74,8 @@ class ActorOptions:
     """How the work is spread: `threads` CPU threads per actor, `actors` actors in all.
     Neither changes the transcript, so neither is in the job fingerprint.
 
-    `actors=None` means one actor per `threads` CPUs that the Ray cluster offers. One
+    `actors=None` means an elastic pool: it starts with one actor per `threads` CPUs the
+    Ray cluster offers and grows while shards wait and nodes join (see `pool`). One
     1-thread actor per core is the default: on 2 cores, two 1-thread processes ran
     tiny.en at 57.9x real time against 32.9x for one 2-thread process.
     """
@@ -87,6 +88,34 @@ class ActorOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
+
+    def pool(self, cpus: float, shards: int) -> "PoolSize":
+        """The actor pool for `shards` shards on a cluster offering `cpus` CPUs now.
+
+        With `actors` set, exactly that many (never more than the shards). Otherwise one
+        actor per `threads` CPUs present to start with (at least one: on a cluster with no
+        worker yet, its request is what makes an autoscaler launch a node), growing up to
+        one actor per shard as nodes join, shrinking when the queue runs dry.
+        """
+        shards = max(1, shards)
+        if self.actors is not None:
+            fixed = min(self.actors, shards)
+            return PoolSize(fixed, fixed, fixed)
+        present = min(shards, max(1, int(cpus // self.threads)))
+        return PoolSize(1, present, shards)
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    """Actors: at least `minimum`, `initial` at the start, at most `maximum`."""
+
+    minimum: int
+    initial: int
+    maximum: int
+
+    @property
+    def elastic(self) -> bool:
+        return self.minimum != self.maximum
 
 
 @dataclass(frozen=True)

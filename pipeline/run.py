@@ -24,7 +24,7 @@ from pipeline import inputs, models, plan, windows
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease
 from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units, retry_intent_path
-from pipeline.config import ActorOptions, JobSpec, WhisperOptions, fingerprint, fingerprint_fields
+from pipeline.config import ActorOptions, JobSpec, PoolSize, WhisperOptions, fingerprint, fingerprint_fields
 from pipeline.report import Summary, format_summary, summarize
 from pipeline.store import OutputStore
 
@@ -96,15 +96,16 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
     with contextlib.ExitStack() as stack:
         cpus: list[float] = []
 
-        def actor_count() -> int:
+        def cluster_cpus() -> float:
             # Ray starts (or is joined) only when there is work: a finished job reruns in a second.
             if not cpus:
                 cpus.append(stack.enter_context(_ray_session(spec)))
-            return _actor_count(spec.actors, cpus[0])
+            return cpus[0]
 
         if job is None:
             total_s = sum(plan.estimates(units))
-            shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actor_count())
+            actors = spec.actors.pool(cluster_cpus(), shards=1 << 30).initial
+            shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actors)
             job = _new_job(spec, model, fields, shard_audio_s)
             store.write_job(job)
         planned = _extend_plan(store, units, job["shard_audio_s"], job.get("window_s"))
@@ -117,7 +118,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         )
         if pending:
             config = _worker_config(spec, model.sha256, job["fingerprint"], language_check_model(spec, model))
-            results = _execute(planned, pending, config, actor_count(), spec.progress)
+            results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress)
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending))
 
 
@@ -212,15 +213,10 @@ def retry_failed(
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": _iso(time.time())})
             config = _worker_config(spec, model_sha, job["fingerprint"], language_check_model(spec, model))
             with _ray_session(spec) as cpus:
-                results = _execute(store.read_plan(), shards, config, _actor_count(actors, cpus), progress, mode="retry")
+                results = _execute(store.read_plan(), shards, config, actors.pool(cpus, len(shards)), progress, mode="retry")
         else:
             logger.info("no failed units to retry")
     return _finish_run(store, started, results, len(shards), 0)
-
-
-def _actor_count(actors: ActorOptions, cpus: float) -> int:
-    """Actors in all: as asked, else one per `threads` CPUs the cluster offers."""
-    return actors.actors or max(1, int(cpus // actors.threads))
 
 
 def language_check_model(spec: JobSpec, model: models.ResolvedModel) -> str | None:
@@ -275,11 +271,16 @@ def _execute(
     planned: pa.Table,
     pending: list[int],
     config: WorkerConfig,
-    actors: int,
+    pool: PoolSize,
     progress: bool | None,
     mode: str = "run",
 ) -> list[ShardResult]:
-    """Stream the pending shards through a pool of ShardWorker actors; one progress bar."""
+    """Stream the pending shards through a pool of ShardWorker actors; one progress bar.
+
+    An elastic pool grows whenever every actor is busy, shards wait and the cluster has
+    CPUs free (a node that joins mid-run gets actors within seconds), and asks the
+    cluster's autoscaler for the CPUs its waiting shards could use.
+    """
     import ray
     import ray.data
     from tqdm import tqdm
@@ -294,23 +295,30 @@ def _execute(
     by_shard = {s: planned.filter(pc.equal(planned.column("shard"), s)) for s in pending}
     est_s = {s: sum(t.column("est_audio_s").to_pylist()) for s, t in by_shard.items()}
     items = [{"shard": s, "units": encode_units(t), "mode": mode} for s, t in by_shard.items()]
-    pool = min(actors, len(items))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Grow as soon as every actor is busy with shards waiting (Ray Data's default, 1.75,
+    # needs shards queued at the actors, which a lost actor would take down with it).
+    ctx.autoscaling_config = dataclasses.replace(ctx.autoscaling_config, actor_pool_util_upscaling_threshold=1.0)
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardWorker,
         fn_constructor_kwargs={"config": config},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=pool, max_size=pool, max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(min_size=pool.minimum, initial_size=pool.initial, max_size=pool.maximum,
+                                           max_tasks_in_flight_per_actor=1),
         num_cpus=config.threads,
         runtime_env={"env_vars": actor_env(config.threads)},
     )
-    logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(items), pool, config.threads)
+    if pool.elastic:
+        logger.info("running %d shard(s) on %d actor(s) x %d thread(s), more as nodes join (up to %d)",
+                    len(items), pool.initial, config.threads, pool.maximum)
+    else:
+        logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(items), pool.initial, config.threads)
     results = []
     tally = Progress(est_s)
-    with logging_redirect_tqdm(), tqdm(
+    with _autoscaler_request(pool, config.threads), logging_redirect_tqdm(), tqdm(
         total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,
         dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} planned audio-min [{elapsed}<{remaining}{postfix}]",
     ) as bar:
@@ -320,6 +328,25 @@ def _execute(
             bar.update(tally.add(result))
             bar.set_postfix_str(tally.postfix(), refresh=True)
     return results
+
+
+@contextlib.contextmanager
+def _autoscaler_request(pool: PoolSize, threads: int) -> Iterator[None]:
+    """Ask a cluster's autoscaler for the CPUs an elastic pool could use; withdrawn at the end.
+
+    Without it an autoscaler sees only the pending actors Ray Data creates one by one,
+    and a cluster that starts with no workers would grow one node at a time.
+    """
+    if not pool.elastic:
+        yield
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{"CPU": threads}] * pool.maximum)
+    try:
+        yield
+    finally:
+        request_resources(bundles=[])
 
 
 class Progress:

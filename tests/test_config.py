@@ -63,3 +63,17 @@ def test_fingerprint_changes_with_every_transcript_option_and_the_model():
     prints = {fingerprint(fingerprint_fields(v, "sha-a")) for v in variants}
     assert len(prints) == len(variants) and base not in prints
     assert fingerprint(fingerprint_fields(WhisperOptions(), "sha-b")) != base
+
+
+def test_the_pool_is_elastic_unless_actors_are_given():
+    from pipeline.config import ActorOptions, PoolSize
+
+    # One actor per `threads` CPUs present to start with, up to one per shard as nodes join.
+    assert ActorOptions(threads=2).pool(cpus=8, shards=100) == PoolSize(1, 4, 100)
+    assert ActorOptions().pool(cpus=8, shards=3) == PoolSize(1, 3, 3)
+    # No worker yet: one actor asked for, which is what makes an autoscaler launch a node.
+    assert ActorOptions().pool(cpus=0, shards=10) == PoolSize(1, 1, 10)
+    assert ActorOptions().pool(cpus=0, shards=10).elastic
+    fixed = ActorOptions(actors=3).pool(cpus=64, shards=10)
+    assert fixed == PoolSize(3, 3, 3) and not fixed.elastic
+    assert ActorOptions(actors=3).pool(cpus=64, shards=2) == PoolSize(2, 2, 2)
