@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+import numpy
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -292,7 +293,7 @@ def _execute(
         # there anyway, so log lines and the (disabled) bar cannot fight.
         logging_redirect_tqdm = contextlib.nullcontext
 
-    by_shard = {s: planned.filter(pc.equal(planned.column("shard"), s)) for s in pending}
+    by_shard = dict(group_by_shard(planned, pending))
     est_s = {s: sum(t.column("est_audio_s").to_pylist()) for s, t in by_shard.items()}
     items = [{"shard": s, "units": encode_units(t), "mode": mode} for s, t in by_shard.items()]
     ctx = ray.data.DataContext.get_current()
@@ -328,6 +329,19 @@ def _execute(
             bar.update(tally.add(result))
             bar.set_postfix_str(tally.postfix(), refresh=True)
     return results
+
+
+def group_by_shard(planned: pa.Table, shards: list[int]) -> Iterator[tuple[int, pa.Table]]:
+    """(shard, its plan rows) for each of `shards`, in one pass over the plan: one sort,
+    then zero-copy slices (a filter per shard cost units x shards: 315 s at 10^6 files)."""
+    wanted = planned.filter(pc.is_in(planned.column("shard"), value_set=pa.array(shards, planned.schema.field("shard").type)))
+    ordered = wanted.sort_by([("shard", "ascending")])  # stable: units keep their plan order
+    numbers = ordered.column("shard").to_numpy()
+    if len(numbers) == 0:
+        return
+    starts = [0, *(numpy.flatnonzero(numbers[1:] != numbers[:-1]) + 1), len(numbers)]
+    for begin, end in zip(starts, starts[1:]):
+        yield int(numbers[begin]), ordered.slice(begin, end - begin)
 
 
 @contextlib.contextmanager

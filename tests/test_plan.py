@@ -42,3 +42,15 @@ def test_size_estimates_by_container():
     assert plan.estimate_audio_s("/x.wav", 320_000) == 10
     assert plan.estimate_audio_s("/x.MP3", 160_000) == 10
     assert plan.estimate_audio_s("/x.mp3", None) == 60
+
+
+def test_units_are_grouped_by_shard_in_one_pass_keeping_their_order():
+    import pyarrow as pa
+
+    from pipeline.run import group_by_shard
+
+    planned = pa.table({"shard": pa.array([0, 0, 1, 2, 2, 2, 1, 3], pa.int32()),
+                        "unit_id": list("abcdefgh")})
+    groups = {s: t.column("unit_id").to_pylist() for s, t in group_by_shard(planned, [3, 1, 2])}
+    assert groups == {1: ["c", "g"], 2: ["d", "e", "f"], 3: ["h"]}
+    assert list(group_by_shard(planned, [])) == []
