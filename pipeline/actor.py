@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from pipeline import audio, models, quality, windows
+from pipeline import audio, lease, models, quality, windows
 from pipeline.config import WhisperOptions
-from pipeline.faults import crashpoint, shard_pause
+from pipeline.faults import crashpoint, gate, shard_pause
 from pipeline.schema import FILES_SCHEMA, STATUSES, files_table, segments_table
 from pipeline.store import OutputStore
 from pipeline.transcriber import Transcriber, Transcript, UnitTimeout
@@ -59,6 +59,9 @@ class WorkerConfig:
     # A multilingual model that names the language of doubtful transcripts of an
     # English-only model (the `language_mismatch` flag); None: no such check.
     language_check: str | None = None
+    # The driver's lease (pipeline.lease): parts are written only while it holds the
+    # folder, and every marker records it.
+    lease_owner: str | None = None
 
     def transcribe_budget_s(self, audio_s: float) -> float:
         """Time a unit of `audio_s` seconds may take to transcribe."""
@@ -83,6 +86,8 @@ class ShardResult:
     wall_s: float
     node: str
     peak_rss_mb: float | None = None
+    # Not written: the driver's lease was taken over by another run meanwhile.
+    lease_lost: bool = False
 
 
 def encode_units(table: pa.Table) -> bytes:
@@ -172,6 +177,9 @@ def process_shard(
         # Another attempt (a retry while this one was thought lost) committed meanwhile:
         # leave its parts alone rather than replace them with equivalent ones.
         return _result_from_marker(shard, marker, skipped=True)
+    gate("before_parts_write")
+    if not _may_write(store, config, shard):
+        return _lease_lost(shard, attempt, file_rows, node)
     marker = _write_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
     committed = store.commit(shard, marker)
     return _result_from_marker(shard, marker, skipped=False, committed=committed)
@@ -208,12 +216,30 @@ def retry_failed_units(
     segment_rows += [r for rows in new_segments.values() for r in rows]
     order = {uid: i for i, uid in enumerate(units.column("unit_id").to_pylist())}
     segment_rows.sort(key=lambda r: (order[r["unit_id"]], r["segment"]))
+    if not _may_write(store, config, shard):
+        return _lease_lost(shard, attempt, file_rows, node)
     marker = _write_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
     store.write_json(store.marker_path(shard), marker)
     store.delete(retry_intent_path(store, shard))
     # This run transcribed the retried units only; the shard's other audio is old work.
     retried_s = sum(r["duration_s"] or 0.0 for r in new_rows.values())
     return dataclasses.replace(_result_from_marker(shard, marker, skipped=False, committed=True), audio_s=retried_s)
+
+
+def _may_write(store: OutputStore, config: WorkerConfig, shard: int) -> bool:
+    """Whether the run that sent this shard still holds the folder. Another run that took
+    the lease over may be writing this very shard: parts written now could replace its
+    committed ones with different timings (one read per shard; the window left is the
+    moment between this read and the writes)."""
+    if config.lease_owner is None or lease.holds(store, config.lease_owner):
+        return True
+    logger.error("the lease of %s was taken over by another run: shard %06d is not written", store.uri(), shard)
+    return False
+
+
+def _lease_lost(shard: int, attempt: int, file_rows: list[dict[str, Any]], node: str) -> ShardResult:
+    return ShardResult(shard=shard, attempt=attempt, skipped=True, committed=False, units=len(file_rows), ok=0,
+                       no_speech=0, failed=0, audio_s=0.0, wall_s=0.0, node=node, lease_lost=True)
 
 
 def _unit_dicts(units: pa.Table) -> list[dict[str, Any]]:
@@ -252,6 +278,7 @@ def _write_parts(
         "attempt": attempt,
         "fingerprint": config.fingerprint,
         "node": node,
+        "lease": config.lease_owner,
         "parts": parts,
         "units": len(file_rows),
         "statuses": {s: sum(r["status"] == s for r in file_rows) for s in STATUSES},

@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     from pipeline.inputs import InputError
-    from pipeline.lease import LeaseHeldError
+    from pipeline.lease import LeaseHeldError, LeaseLostError
     from pipeline.models import ModelError
     from pipeline.run import JobMismatchError
     from pipeline.submit import SubmitError
@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, FileNotFoundError, ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
         return 2
+    except LeaseLostError as exc:
+        print(f"bulkscribe: stopped: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return interrupted(args, argv)
     return 2

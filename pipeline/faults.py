@@ -4,7 +4,10 @@ With `BULKSCRIBE_CRASH_AT=<name>` in the environment, the first process to reach
 `crashpoint(<name>)` SIGKILLs the job's driver and then itself: no cleanup, no
 `finally`, as when a machine loses power. With `BULKSCRIBE_SHARD_PAUSE_S=<seconds>`,
 every shard pauses that long once it has started, so that a test killing an actor
-"mid-shard" cannot miss on a fast machine. Without the variables they cost one lookup.
+"mid-shard" cannot miss on a fast machine. With `BULKSCRIBE_GATE=<name>=<path>`, a
+process reaching `gate(<name>)` creates `<path>.waiting-<pid>` and waits there until
+`<path>` exists, so that a test can hold shards at a point while it does something else.
+Without the variables they cost one lookup.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import time
 CRASH_AT_ENV = "BULKSCRIBE_CRASH_AT"
 SHARD_PAUSE_ENV = "BULKSCRIBE_SHARD_PAUSE_S"
 DRIVER_PID_ENV = "BULKSCRIBE_DRIVER_PID"
+GATE_ENV = "BULKSCRIBE_GATE"
 
 # The points, in the order a run reaches them.
 POINTS = (
     "before_plan_write",  # driver: job.json written, the plan not yet
     "after_parts_write",  # actor: both parts of a shard written, its marker not yet
+)
+GATES = (
+    "before_parts_write",  # actor: a shard transcribed, none of it written yet
 )
 
 
@@ -37,3 +44,13 @@ def shard_pause() -> None:
     seconds = os.environ.get(SHARD_PAUSE_ENV)
     if seconds:
         time.sleep(float(seconds))
+
+
+def gate(name: str) -> None:
+    point, _, path = os.environ.get(GATE_ENV, "").partition("=")
+    if point != name or not path:
+        return
+    with open(f"{path}.waiting-{os.getpid()}", "w"):
+        pass
+    while not os.path.exists(path):
+        time.sleep(0.05)

@@ -5,6 +5,11 @@ HEARTBEAT_S seconds from a background thread. A second run that finds a live lea
 is refused with a message naming the holder. A lease is stale, and may be taken over,
 when its heartbeat is older than TTL_S, or at once when its holder ran on this host
 and that process is gone (a killed run must not block its own resume).
+
+A run whose lease was taken over (its heartbeat stalled past TTL_S: a frozen or
+partitioned driver) must not write again: the driver checks `Lease.check()` before
+each of its writes, its actors check `holds()` before writing a shard's parts, and
+every commit marker records the holder it was written under.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class LeaseHeldError(RuntimeError):
     """Another live run holds the output folder."""
 
 
+class LeaseLostError(RuntimeError):
+    """This run's lease was taken over by another run: it stops before its next write."""
+
+
 class Lease:
     """Hold `OUT/_lease.json` for the life of a `with` block."""
 
@@ -40,6 +49,7 @@ class Lease:
         self.owner = uuid.uuid4().hex
         self.purpose = purpose
         self._stop = threading.Event()
+        self._lost = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
@@ -82,11 +92,29 @@ class Lease:
             try:
                 held = self.store.read_json(self.path)
                 if held is None or held.get("owner") != self.owner:
-                    logger.error("the lease of %s was taken by another run", self.store.uri())
+                    logger.error("the lease of %s was taken by another run; this one stops writing", self.store.uri())
+                    self._lost.set()
                     return
                 self.store.write_json(self.path, self._record())
             except Exception:  # a missed beat is not fatal; the next one may get through
                 logger.warning("lease heartbeat failed", exc_info=True)
+
+    @property
+    def lost(self) -> bool:
+        """The heartbeat found the lease taken over."""
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        """Raise LeaseLostError unless this run still holds the folder (one read)."""
+        if not self._lost.is_set() and holds(self.store, self.owner):
+            return
+        self._lost.set()
+        held = self.store.read_json(self.path) or {}
+        raise LeaseLostError(
+            f"{self.store.uri()} was taken over by another bulkscribe {held.get('purpose', 'run')} "
+            f"(host {held.get('host')}, pid {held.get('pid')}) while this one had stalled; this run stopped "
+            "before writing again. What is committed stays; the other run goes on from there."
+        )
 
     def release(self) -> None:
         self._stop.set()
@@ -102,6 +130,12 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def holds(store: OutputStore, owner: str) -> bool:
+    """Whether the lease of `store`'s folder is still `owner`'s."""
+    held = store.read_json(store.path("_lease.json"))
+    return held is not None and held.get("owner") == owner
 
 
 def stale_reason(held: dict[str, Any]) -> str | None:

@@ -69,8 +69,8 @@ def run(spec: JobSpec) -> Summary:
     units = inputs.expand(spec.inputs, spec.storage_options)
     # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
     os.environ[DRIVER_PID_ENV] = str(os.getpid())
-    with Lease(store):
-        return _run_locked(spec, store, model, units, started)
+    with Lease(store) as lease:
+        return _run_locked(spec, store, model, units, started, lease)
 
 
 def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None:
@@ -88,7 +88,7 @@ def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None
 
 
 def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, units: pa.Table,
-                started: float) -> Summary:
+                started: float, lease: Lease) -> Summary:
     fields = fingerprint_fields(spec.whisper, model.sha256)
     job = store.read_job()
     if job is not None:
@@ -108,8 +108,9 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             actors = spec.actors.pool(cluster_cpus(), shards=1 << 30).initial
             shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actors)
             job = _new_job(spec, model, fields, shard_audio_s)
+            lease.check()
             store.write_job(job)
-        planned = _extend_plan(store, units, job["shard_audio_s"], job.get("window_s"))
+        planned = _extend_plan(store, units, job["shard_audio_s"], job.get("window_s"), lease)
         committed = store.committed()
         shards = sorted(set(planned.column("shard").to_pylist()))
         pending = [s for s in shards if s not in committed]
@@ -118,9 +119,10 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
         )
         if pending:
-            config = _worker_config(spec, model.sha256, job["fingerprint"], language_check_model(spec, model))
-            results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress)
-    return _finish_run(store, started, results, len(pending), len(shards) - len(pending))
+            config = _worker_config(spec, model.sha256, job["fingerprint"], language_check_model(spec, model), lease)
+            results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress,
+                               lease=lease)
+    return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease)
 
 
 def check_fingerprint(job: dict[str, Any], fields: dict[str, Any]) -> None:
@@ -150,7 +152,8 @@ def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any],
     }
 
 
-def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float, window_s: float | None) -> pa.Table:
+def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float, window_s: float | None,
+                 lease: Lease) -> pa.Table:
     """The saved plan plus new shards for units it does not hold yet; long new files
     are split into windows (files the plan holds are not measured again)."""
     planned = store.read_plan()
@@ -161,6 +164,7 @@ def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float, wind
         first = plan.next_shard(planned)
         added = plan.assign_shards(fresh, first, shard_audio_s)
         crashpoint("before_plan_write")
+        lease.check()
         path = store.append_plan(added)
         last = int(pc.max(added.column("shard")).as_py())
         logger.info("planned %d new unit(s) as shards %d-%d in %s", fresh.num_rows, first, last, path)
@@ -204,20 +208,22 @@ def retry_failed(
     spec = JobSpec(inputs=tuple(job["spec"]["inputs"]), output=output, whisper=whisper, actors=actors,
                    address=address, storage_options=dict(storage_options or {}), progress=progress,
                    unit_timeout_s=unit_timeout_s, language_check=job["spec"].get("language_check"))
-    with Lease(store, "retry-failed"):
+    with Lease(store, "retry-failed") as lease:
         interrupted = store.shards_in("_retry", "*.json")
         shards = sorted({m["shard"] for m in store.markers() if m["statuses"].get("failed")} | interrupted)
         results: list[ShardResult] = []
         if shards:
             logger.info("retrying the failed units of %d shard(s)", len(shards))
+            lease.check()
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": _iso(time.time())})
-            config = _worker_config(spec, model_sha, job["fingerprint"], language_check_model(spec, model))
+            config = _worker_config(spec, model_sha, job["fingerprint"], language_check_model(spec, model), lease)
             with _ray_session(spec) as cpus:
-                results = _execute(store.read_plan(), shards, config, actors.pool(cpus, len(shards)), progress, mode="retry")
+                results = _execute(store.read_plan(), shards, config, actors.pool(cpus, len(shards)), progress,
+                                   mode="retry", lease=lease)
         else:
             logger.info("no failed units to retry")
-    return _finish_run(store, started, results, len(shards), 0)
+        return _finish_run(store, started, results, len(shards), 0, lease)
 
 
 def language_check_model(spec: JobSpec, model: models.ResolvedModel) -> str | None:
@@ -233,7 +239,8 @@ def language_check_model(spec: JobSpec, model: models.ResolvedModel) -> str | No
     return spec.language_check
 
 
-def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str, language_check: str | None) -> WorkerConfig:
+def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str, language_check: str | None,
+                   lease: Lease) -> WorkerConfig:
     return WorkerConfig(
         output=spec.output,
         whisper=spec.whisper,
@@ -244,12 +251,15 @@ def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str, langu
         storage_options=dict(spec.storage_options),
         unit_timeout_s=spec.unit_timeout_s,
         language_check=language_check,
+        lease_owner=lease.owner,
     )
 
 
-def _finish_run(store: OutputStore, started: float, results: list[ShardResult], ran: int, skipped: int) -> Summary:
+def _finish_run(store: OutputStore, started: float, results: list[ShardResult], ran: int, skipped: int,
+                lease: Lease) -> Summary:
     """Record this run in `_runs/` and summarise the folder."""
     wall_s = time.time() - started
+    lease.check()
     audio_s = sum(r.audio_s for r in results if not r.skipped)
     store.write_run(
         {
@@ -275,6 +285,7 @@ def _execute(
     pool: PoolSize,
     progress: bool | None,
     mode: str = "run",
+    lease: Lease | None = None,
 ) -> list[ShardResult]:
     """Stream the pending shards through a pool of ShardWorker actors; one progress bar.
 
@@ -325,6 +336,8 @@ def _execute(
     ) as bar:
         for row in dataset.iter_rows():
             result = ShardResult(**row)
+            if lease is not None and (result.lease_lost or lease.lost):
+                lease.check()  # raises: another run holds the folder now
             results.append(result)
             bar.update(tally.add(result))
             bar.set_postfix_str(tally.postfix(), refresh=True)

@@ -49,6 +49,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+class PlanConflictError(RuntimeError):
+    """Another run wrote a plan part at the same time."""
+
+
 class OutputStore:
     """One output folder, local or remote, reached through fsspec."""
 
@@ -163,10 +167,15 @@ class OutputStore:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def append_plan(self, table: pa.Table) -> str:
+        """Add a plan part after the last one, create-only: of two drivers planning at
+        once (which the lease prevents), the second is refused rather than give one
+        shard number to different files."""
         parts = self.plan_parts()
         number = int(_PART_RE.search(parts[-1]).group(1)) + 1 if parts else 0
         path = self.path("_plan", f"part-{number:06d}.parquet")
-        self.write_bytes(path, parquet_bytes(table))
+        if not self.create_only(path, parquet_bytes(table)):
+            raise PlanConflictError(f"{self.uri()}: plan part {number} was written by another run meanwhile; "
+                                    "run again to plan after it")
         return path
 
     def read_bytes(self, path: str) -> bytes:

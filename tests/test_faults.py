@@ -205,6 +205,36 @@ def test_second_run_into_a_live_folder_is_refused_and_ray_stays_private(corpus, 
             assert secret.encode() not in path.read_bytes(), path
 
 
+def test_a_stalled_driver_whose_lease_is_taken_over_never_writes_again(corpus, reference, tmp_path):
+    """Two drivers race on one folder: the first stalls (SIGSTOP, as a frozen VM or a
+    partitioned driver) while its actors hold transcribed shards; the second takes the
+    lease over and finishes the job; then the first's actors go on and its driver wakes.
+    They must write nothing (else they would replace the second run's committed parts),
+    and the first run stops with a message."""
+    out = tmp_path / "out"
+    ttl = {"BULKSCRIBE_LEASE_TTL_S": "4"}
+    gate = tmp_path / "gate"
+    first = start(corpus, out, env={**ttl, "BULKSCRIBE_GATE": f"before_parts_write={gate}"})
+    wait_until(lambda: list(tmp_path.glob("gate.waiting-*")), what="an actor holding a transcribed shard")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        lease = out / "_lease.json"
+        wait_until(lambda: time.time() - json.loads(lease.read_text())["heartbeat_at"] > 4.5, what="a stale lease")
+        second_code, _, second_err = finish(start(corpus, out, env=ttl))
+    finally:
+        gate.touch()
+        first.send_signal(signal.SIGCONT)
+    assert second_code == 0, second_err[-3000:]
+    assert "taking over the lease" in second_err
+    code, _, stderr = finish(first)
+    assert code == 1 and "was taken over by another bulkscribe run" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    check_output(out, reference)
+    # Every commit was the second run's: the first never got past its gate.
+    owners = {json.loads(p.read_text())["lease"] for p in (out / "_commits").glob("*.json")}
+    assert len(owners) == 1 and None not in owners
+
+
 @pytest.fixture
 def cluster():
     """A head with no CPUs and three 1-CPU worker nodes, as separate processes here."""

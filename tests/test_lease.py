@@ -48,3 +48,25 @@ def test_the_heartbeat_moves(tmp_path, monkeypatch):
         first = json.loads((tmp_path / "_lease.json").read_text())["heartbeat_at"]
         time.sleep(0.3)
         assert json.loads((tmp_path / "_lease.json").read_text())["heartbeat_at"] > first
+
+
+def test_a_lease_taken_over_stops_its_holder_and_its_actors(tmp_path):
+    from pipeline.lease import Lease, LeaseLostError, holds
+
+    store = OutputStore(str(tmp_path / "out"))
+    first = Lease(store)
+    first.acquire()
+    try:
+        first.check()
+        assert holds(store, first.owner)
+        # Another run takes the folder over (as after first's heartbeat went stale).
+        store.delete(first.path)
+        second = Lease(store)
+        second.acquire()
+        assert not holds(store, first.owner) and holds(store, second.owner)
+        with pytest.raises(LeaseLostError, match="taken over by another bulkscribe run"):
+            first.check()
+        assert first.lost
+        second.release()
+    finally:
+        first.release()

@@ -57,3 +57,20 @@ def test_memory_store_round_trip():
     assert store.commit(0, {"ok": False}) is False
     assert store.committed() == {0}
     assert store.uri("segments") == "memory:///bucket/out/segments"
+
+
+def test_a_plan_part_is_created_only_once(tmp_path, monkeypatch):
+    """Two drivers that listed the plan at the same moment pick the same part number:
+    the second is refused instead of giving one shard number to different files."""
+    import pytest
+
+    from pipeline.store import PlanConflictError
+
+    store = OutputStore(str(tmp_path / "out"))
+    listed_before = store.plan_parts()
+    store.append_plan(pa.table({"shard": pa.array([0], pa.int32()), "uri": ["a.wav"]}))
+    monkeypatch.setattr(store, "plan_parts", lambda: listed_before)  # the other driver's stale listing
+    with pytest.raises(PlanConflictError, match="written by another run"):
+        store.append_plan(pa.table({"shard": pa.array([0], pa.int32()), "uri": ["b.wav"]}))
+    monkeypatch.undo()
+    assert store.read_plan().column("uri").to_pylist() == ["a.wav"]
