@@ -39,11 +39,11 @@ start_node() {  # name, ray start arguments...
   echo $! >"$DIR/$name.pid"
 }
 
-stop_node() {  # pid file
+stop_node() {  # pid file, seconds to wait after SIGTERM before SIGKILL
   local pid
   pid=$(cat "$1")
   kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 1 30); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
+  for _ in $(seq 1 $((${2:-15} * 2))); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
   kill -KILL -- "-$pid" 2>/dev/null || true
   rm -f "$1"
 }
@@ -114,9 +114,10 @@ case "${1:-}" in
     done
     ;;
   stop)
+    # The whole cluster goes: no node is left to drain work to.
     for f in "$DIR"/worker-*.pid "$DIR"/head.pid; do
       [ -e "$f" ] || continue
-      stop_node "$f"
+      stop_node "$f" 3
     done
     echo "stopped"
     ;;

@@ -1,9 +1,9 @@
-"""The Ray actor: loads one model once, then transcribes, writes and commits whole shards.
+"""One shard on one actor: transcribe its units, write both parts, commit it.
 
-Ray Data turns `ShardWorker` (a callable class given to `map_batches`) into a pool of
-actors; each asks Ray for `threads` CPUs and runs CTranslate2 with as many threads.
-A bad file becomes a `failed` row and its shard still commits; storage and programming
-errors raise, and the shard is retried or left for the next run.
+`pipeline.dispatch.ShardWorker` (the Ray actor) calls `process_shard` (or
+`retry_failed_units`) with its loaded model; each actor asks Ray for `threads` CPUs and
+runs CTranslate2 with as many threads. A bad file becomes a `failed` row and its shard
+still commits; storage and programming errors raise, and the run stops (it resumes).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -131,25 +131,6 @@ def load_transcriber(config: WorkerConfig) -> Transcriber:
             logger.warning("no language check on %s (%s): files are not flagged language_mismatch",
                            socket.gethostname(), exc)
     return Transcriber(model.path, config.whisper, config.threads, language_id_path=language_id)
-
-
-class ShardWorker:
-    """A Ray Data callable class: one model per actor, one shard per call."""
-
-    def __init__(self, config: WorkerConfig):
-        self.config = config
-        self.transcriber = load_transcriber(config)
-        self.store = OutputStore(config.output, config.storage_options)
-        self.node = node_name()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        results = []
-        for shard, blob, mode in zip(
-            batch.column("shard").to_pylist(), batch.column("units").to_pylist(), batch.column("mode").to_pylist()
-        ):
-            work = retry_failed_units if mode == "retry" else process_shard
-            results.append(work(shard, decode_units(blob), self.transcriber, self.store, self.config, self.node))
-        return pa.Table.from_pylist([asdict(r) for r in results])
 
 
 def process_shard(

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from pipeline import inputs, models, plan, windows
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease
-from pipeline.actor import ShardResult, ShardWorker, WorkerConfig, encode_units, retry_intent_path
+from pipeline.actor import ShardResult, WorkerConfig, encode_units, retry_intent_path
+from pipeline.dispatch import run_shards
 from pipeline.config import ActorOptions, JobSpec, PoolSize, WhisperOptions, fingerprint, fingerprint_fields
 from pipeline.report import Summary, format_summary, summarize
 from pipeline.store import OutputStore
@@ -121,7 +122,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         if pending:
             config = _worker_config(spec, model.sha256, job["fingerprint"], language_check_model(spec, model), lease)
             results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress,
-                               lease=lease)
+                               lease=lease, autoscale=joins_cluster(spec))
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease)
 
 
@@ -220,7 +221,7 @@ def retry_failed(
             config = _worker_config(spec, model_sha, job["fingerprint"], language_check_model(spec, model), lease)
             with _ray_session(spec) as cpus:
                 results = _execute(store.read_plan(), shards, config, actors.pool(cpus, len(shards)), progress,
-                                   mode="retry", lease=lease)
+                                   mode="retry", lease=lease, autoscale=joins_cluster(spec))
         else:
             logger.info("no failed units to retry")
         return _finish_run(store, started, results, len(shards), 0, lease)
@@ -286,15 +287,11 @@ def _execute(
     progress: bool | None,
     mode: str = "run",
     lease: Lease | None = None,
+    autoscale: bool = False,
 ) -> list[ShardResult]:
-    """Stream the pending shards through a pool of ShardWorker actors; one progress bar.
-
-    An elastic pool grows whenever every actor is busy, shards wait and the cluster has
-    CPUs free (a node that joins mid-run gets actors within seconds), and asks the
-    cluster's autoscaler for the CPUs its waiting shards could use.
-    """
-    import ray
-    import ray.data
+    """Run the pending shards on a pool of ShardWorker actors (`pipeline.dispatch`); one
+    progress bar. With `autoscale` (a joined cluster), an elastic pool also asks the
+    cluster's autoscaler for the CPUs its waiting shards could use."""
     from tqdm import tqdm
 
     try:
@@ -305,37 +302,22 @@ def _execute(
         logging_redirect_tqdm = contextlib.nullcontext
 
     by_shard = dict(group_by_shard(planned, pending))
-    est_s = {s: sum(t.column("est_audio_s").to_pylist()) for s, t in by_shard.items()}
-    items = [{"shard": s, "units": encode_units(t), "mode": mode} for s, t in by_shard.items()]
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    # Grow as soon as every actor is busy with shards waiting (Ray Data's default, 1.75,
-    # needs shards queued at the actors, which a lost actor would take down with it).
-    ctx.autoscaling_config = dataclasses.replace(ctx.autoscaling_config, actor_pool_util_upscaling_threshold=1.0)
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        ShardWorker,
-        fn_constructor_kwargs={"config": config},
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=pool.minimum, initial_size=pool.initial, max_size=pool.maximum,
-                                           max_tasks_in_flight_per_actor=1),
-        num_cpus=config.threads,
-        runtime_env={"env_vars": actor_env(config.threads)},
-    )
+    est_s = {s: pc.sum(t.column("est_audio_s")).as_py() or 0.0 for s, t in by_shard.items()}
     if pool.elastic:
         logger.info("running %d shard(s) on %d actor(s) x %d thread(s), more as nodes join (up to %d)",
-                    len(items), pool.initial, config.threads, pool.maximum)
+                    len(by_shard), pool.initial, config.threads, pool.maximum)
     else:
-        logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(items), pool.initial, config.threads)
+        logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(by_shard), pool.initial, config.threads)
     results = []
     tally = Progress(est_s)
-    with _autoscaler_request(pool, config.threads), logging_redirect_tqdm(), tqdm(
+    shards = run_shards(list(by_shard), lambda s: encode_units(by_shard[s]), config, pool, actor_env(config.threads),
+                        mode)
+    request = _autoscaler_request(pool, config.threads) if autoscale else contextlib.nullcontext()
+    with request, logging_redirect_tqdm(), tqdm(
         total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,
         dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} planned audio-min [{elapsed}<{remaining}{postfix}]",
-    ) as bar:
-        for row in dataset.iter_rows():
-            result = ShardResult(**row)
+    ) as bar, contextlib.closing(shards):
+        for result in shards:
             if lease is not None and (result.lease_lost or lease.lost):
                 lease.check()  # raises: another run holds the folder now
             results.append(result)
@@ -361,8 +343,8 @@ def group_by_shard(planned: pa.Table, shards: list[int]) -> Iterator[tuple[int, 
 def _autoscaler_request(pool: PoolSize, threads: int) -> Iterator[None]:
     """Ask a cluster's autoscaler for the CPUs an elastic pool could use; withdrawn at the end.
 
-    Without it an autoscaler sees only the pending actors Ray Data creates one by one,
-    and a cluster that starts with no workers would grow one node at a time.
+    Without it an autoscaler sees only the actors the pool has asked for so far, and a
+    cluster that starts with no workers would grow one node at a time.
     """
     if not pool.elastic:
         yield
@@ -402,6 +384,12 @@ class Progress:
         rate = self.audio_s / max(time.monotonic() - self.started, 1e-9)
         return (f"shards {self.shards}/{len(self.est_s)}, {self.audio_s / 60:.1f} audio-min measured, "
                 f"{rate:.1f}x RT, failed {self.failed}")
+
+
+def joins_cluster(spec: JobSpec) -> bool:
+    """Whether the job runs on a cluster it joins (an address, or inside a Ray job), not on
+    a Ray of its own."""
+    return bool(spec.address or os.environ.get("RAY_ADDRESS"))
 
 
 @contextlib.contextmanager
@@ -449,7 +437,7 @@ def run_setup_hook() -> None:
 
 
 def _quiet_ray_logs() -> None:
-    for name in ("ray", "ray.data"):
+    for name in ("ray",):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -71,7 +71,7 @@ def shard_in_flight(out: Path) -> bool:
 
 
 def busy_actor_pids() -> list[int]:
-    """Actors in the middle of a call: Ray titles them `ray::MapWorker(...ShardWorker...).submit`."""
+    """Actors in the middle of a shard: Ray titles them `ray::ShardWorker.process`."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -79,7 +79,7 @@ def busy_actor_pids() -> list[int]:
                 title = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ShardWorker" in title and b").submit" in title:
+            if b"ShardWorker.process" in title:
                 pids.append(int(proc.name))
     return pids
 

@@ -1,0 +1,167 @@
+"""The driver at archive scale: planning, dispatch and the time to the first shard.
+
+A synthetic archive of N tiny real WAV files (a 1 s cut of a bundled LibriSpeech clip,
+hard-linked N times, 1,000 per folder) is planned and started by a real `bulkscribe
+run` (embedded Ray, 10 files per shard), stopped with Ctrl-C once its first shard has
+started. Printed per N: time to the first shard started (listing, planning, Ray start-up
+and the first actor's model load included) and the driver's peak resident memory.
+
+Then the dispatch overhead alone: shards that do nothing, handed to 2 actors by
+`pipeline.dispatch` and by Ray Data (`from_items(...).map_batches(...)` with one block per
+shard, as bulkscribe did before), side by side in one run.
+
+    python bench/scale.py [--files 10000,100000] [--shards 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "_work" / "scale"
+CLIP = ROOT / "tests" / "data" / "speech" / "librispeech" / "1089-134686-0000.flac"
+
+
+def build_archive(files: int) -> Path:
+    """N hard links of one 1 s real WAV, 1,000 per folder (kept between runs)."""
+    folder = WORK / f"archive-{files}"
+    if (folder / "done").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    from pipeline import audio
+
+    samples = audio.decode(str(CLIP)).samples[:16_000]
+    source = folder / "source.wav"
+    with wave.open(str(source), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    for i in range(files):
+        sub = folder / "audio" / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True)
+        os.link(source, sub / f"{i:07d}.wav")
+    (folder / "done").touch()
+    return folder
+
+
+def time_to_first_shard(files: int) -> tuple[float, float]:
+    """(seconds until the first shard started, the driver's peak RSS in MB)."""
+    archive = build_archive(files)
+    out = WORK / f"out-{files}"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.monotonic()
+    # 10 files of 1 s per shard: files / 10 shards.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(archive / "audio"), "--output", str(out),
+         "--shard-minutes", str(10 / 60), "--beam-size", "1", "--no-progress"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    peak = 0.0
+    while not (out / "_attempts").exists() or not any((out / "_attempts").iterdir()):
+        if run.poll() is not None:
+            raise RuntimeError(f"the run ended before its first shard: {run.stderr.read()[-2000:]}")
+        peak = max(peak, _hwm_mb(run.pid))
+        time.sleep(0.05)
+    first = time.monotonic() - started
+    peak = max(peak, _hwm_mb(run.pid))
+    run.send_signal(signal.SIGINT)
+    run.communicate(timeout=300)
+    return first, peak
+
+
+def _hwm_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _Nothing:
+    """An actor whose shards cost nothing: what is left is the dispatch."""
+
+    def __init__(self, *_):
+        pass
+
+    def load(self) -> str:
+        return "here"
+
+    def process(self, shard: int, units: bytes, mode: str) -> int:
+        return shard
+
+    def __call__(self, batch):
+        return batch
+
+
+def dispatch_overhead(shards: int) -> dict[str, float]:
+    import ray
+    import ray.data
+
+    from pipeline import dispatch
+    from pipeline.config import PoolSize
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    seconds = {}
+    try:
+        original = dispatch.ShardWorker
+        dispatch.ShardWorker = _Nothing
+        try:
+            t0 = time.perf_counter()
+            config = types.SimpleNamespace(threads=1)  # all run_shards reads of it here
+            done = sum(1 for _ in dispatch.run_shards(list(range(shards)), lambda s: b"x" * 1000, config,
+                                                      PoolSize(2, 2, 2), env={}))
+            seconds["pipeline.dispatch (Ray core actors)"] = time.perf_counter() - t0
+            assert done == shards
+        finally:
+            dispatch.ShardWorker = original
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        t0 = time.perf_counter()
+        items = [{"shard": s, "units": b"x" * 1000} for s in range(shards)]
+        dataset = ray.data.from_items(items, override_num_blocks=shards).map_batches(
+            _Nothing, batch_size=1, batch_format="pyarrow", num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=2, max_size=2, max_tasks_in_flight_per_actor=1))
+        done = sum(1 for _ in dataset.iter_rows())
+        seconds["Ray Data from_items + map_batches"] = time.perf_counter() - t0
+        assert done == shards
+    finally:
+        ray.shutdown()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", default="10000,100000", help="archive sizes, comma-separated")
+    parser.add_argument("--shards", type=int, default=2000, help="shards for the dispatch overhead")
+    args = parser.parse_args()
+    print("time to the first shard (embedded Ray, 10 files per shard)")
+    for files in [int(n) for n in args.files.split(",") if n]:
+        first, peak = time_to_first_shard(files)
+        print(f"  {files:>9,} files, {files // 10:>7,} shards: first shard started after {first:6.1f} s, "
+              f"driver peak RSS {peak:6.0f} MB")
+    print(f"dispatch of {args.shards} shards that do nothing, 2 actors")
+    sides = dispatch_overhead(args.shards)
+    fastest = min(sides.values())
+    for name, seconds in sides.items():
+        print(f"  {name:<40} {seconds:6.1f} s  {seconds / args.shards * 1000:6.2f} ms a shard  "
+              f"{seconds / fastest:5.1f}x the fastest")
+
+
+if __name__ == "__main__":
+    main()
