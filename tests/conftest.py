@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import os
 import shutil
@@ -14,6 +15,7 @@ DATA = Path(__file__).parent / "data" / "speech"
 
 # A `bulkscribe tune` profile of this machine must not change what the tests run.
 os.environ["BULKSCRIBE_PROFILE_DIR"] = tempfile.mkdtemp(prefix="bulkscribe-profiles-")
+atexit.register(shutil.rmtree, os.environ["BULKSCRIBE_PROFILE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,29 @@ def test_abbreviated_options_are_refused_not_forwarded(capsys):
             build_parser().parse_args(argv)
         assert exit_.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_submit_forwards_the_run_options_and_absolute_local_paths(monkeypatch, tmp_path, small_corpus, capsys):
+    from pipeline import cli, submit
+
+    sent = {}
+
+    class Submission:
+        job_id = "raysubmit_test"
+
+        def follow_commands(self):
+            return ["ray job logs ..."]
+
+    def fake_submit(address, run_args, storage_urls, *, pip=True):
+        sent.update(address=address, run_args=run_args, storage_urls=storage_urls, pip=pip)
+        return Submission()
+
+    monkeypatch.setattr(submit, "submit", fake_submit)
+    monkeypatch.chdir(small_corpus.parent)
+    code = cli.main(["submit", small_corpus.name, "s3://bucket/in", "--output", "out", "--address", "http://head:8265",
+                     "--beam-size", "1", "--no-pip", "--storage-option", "endpoint_url=http://minio:9000"])
+    assert code == 0 and "submitted raysubmit_test" in capsys.readouterr().out
+    assert sent["address"] == "http://head:8265" and sent["pip"] is False
+    # Submitting's own options stay here; the run's reach the job as written, local paths made absolute.
+    assert sent["run_args"] == [str(small_corpus), "s3://bucket/in", "--output", str(small_corpus.parent / "out"),
+                                "--beam-size", "1", "--storage-option", "endpoint_url=http://minio:9000"]
