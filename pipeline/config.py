@@ -89,20 +89,24 @@ class ActorOptions:
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
 
+    def actors_for(self, cpus: float) -> int:
+        """Actors to start with on a cluster offering `cpus` CPUs now: as asked, else one
+        per `threads` CPUs (at least one: on a cluster with no worker yet, its request is
+        what makes an autoscaler launch a node)."""
+        return self.actors or max(1, int(cpus // self.threads))
+
     def pool(self, cpus: float, shards: int) -> "PoolSize":
         """The actor pool for `shards` shards on a cluster offering `cpus` CPUs now.
 
-        With `actors` set, exactly that many (never more than the shards). Otherwise one
-        actor per `threads` CPUs present to start with (at least one: on a cluster with no
-        worker yet, its request is what makes an autoscaler launch a node), growing up to
-        one actor per shard as nodes join, shrinking when the queue runs dry.
+        With `actors` set, exactly that many (never more than the shards). Otherwise
+        `actors_for(cpus)` to start with, growing up to one actor per shard as nodes join,
+        shrinking when the queue runs dry.
         """
         shards = max(1, shards)
+        initial = min(shards, self.actors_for(cpus))
         if self.actors is not None:
-            fixed = min(self.actors, shards)
-            return PoolSize(fixed, fixed, fixed)
-        present = min(shards, max(1, int(cpus // self.threads)))
-        return PoolSize(1, present, shards)
+            return PoolSize(initial, initial, initial)
+        return PoolSize(1, initial, shards)
 
 
 @dataclass(frozen=True)

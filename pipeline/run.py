@@ -106,8 +106,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
 
         if job is None:
             total_s = sum(plan.estimates(units))
-            actors = spec.actors.pool(cluster_cpus(), shards=1 << 30).initial
-            shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, actors)
+            shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, spec.actors.actors_for(cluster_cpus()))
             job = _new_job(spec, model, fields, shard_audio_s)
             lease.check()
             store.write_job(job)
@@ -386,10 +385,14 @@ class Progress:
                 f"{rate:.1f}x RT, failed {self.failed}")
 
 
+def cluster_address(spec: JobSpec) -> str | None:
+    """The Ray cluster the job joins (its address, or $RAY_ADDRESS inside a Ray job); None
+    for a Ray of its own."""
+    return spec.address or os.environ.get("RAY_ADDRESS")
+
+
 def joins_cluster(spec: JobSpec) -> bool:
-    """Whether the job runs on a cluster it joins (an address, or inside a Ray job), not on
-    a Ray of its own."""
-    return bool(spec.address or os.environ.get("RAY_ADDRESS"))
+    return cluster_address(spec) is not None
 
 
 @contextlib.contextmanager
@@ -397,7 +400,7 @@ def _ray_session(spec: JobSpec) -> Iterator[float]:
     """Yield the CPUs Ray offers: join a cluster, reuse a running Ray, or start one here."""
     import ray
 
-    address = spec.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(spec)
     if ray.is_initialized():
         yield ray.cluster_resources().get("CPU", 1.0)
         return
