@@ -45,7 +45,7 @@ class Lease:
 
     def __init__(self, store: OutputStore, purpose: str = "run"):
         self.store = store
-        self.path = store.path("_lease.json")
+        self.path = lease_path(store)
         self.owner = uuid.uuid4().hex
         self.purpose = purpose
         self._stop = threading.Event()
@@ -90,8 +90,7 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                held = self.store.read_json(self.path)
-                if held is None or held.get("owner") != self.owner:
+                if not _owned_by(self.store.read_json(self.path), self.owner):
                     logger.error("the lease of %s was taken by another run; this one stops writing", self.store.uri())
                     self._lost.set()
                     return
@@ -106,10 +105,11 @@ class Lease:
 
     def check(self) -> None:
         """Raise LeaseLostError unless this run still holds the folder (one read)."""
-        if not self._lost.is_set() and holds(self.store, self.owner):
+        held = self.store.read_json(self.path)
+        if not self._lost.is_set() and _owned_by(held, self.owner):
             return
         self._lost.set()
-        held = self.store.read_json(self.path) or {}
+        held = held or {}
         raise LeaseLostError(
             f"{self.store.uri()} was taken over by another bulkscribe {held.get('purpose', 'run')} "
             f"(host {held.get('host')}, pid {held.get('pid')}) while this one had stalled; this run stopped "
@@ -120,8 +120,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        held = self.store.read_json(self.path)
-        if held is not None and held.get("owner") == self.owner:
+        if _owned_by(self.store.read_json(self.path), self.owner):
             self.store.delete(self.path)
 
     def __enter__(self) -> "Lease":
@@ -132,9 +131,16 @@ class Lease:
         self.release()
 
 
+def lease_path(store: OutputStore) -> str:
+    return store.path("_lease.json")
+
+
 def holds(store: OutputStore, owner: str) -> bool:
     """Whether the lease of `store`'s folder is still `owner`'s."""
-    held = store.read_json(store.path("_lease.json"))
+    return _owned_by(store.read_json(lease_path(store)), owner)
+
+
+def _owned_by(held: dict[str, Any] | None, owner: str) -> bool:
     return held is not None and held.get("owner") == owner
 
 
