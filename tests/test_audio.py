@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,16 @@ def test_no_false_warning_for_a_window_or_a_video_longer_than_its_audio(tmp_path
                    check=True)
     decoded = audio.decode(str(video))
     assert abs(decoded.duration_s - 2.9) < 0.2 and decoded.warning is None
+
+
+@pytest.mark.parametrize("rel", ["speech/misc/LDC93S1.wav", "speech/librivox/shakespeare_sonnet_001.mp3",
+                                 "hard/telephone/ru_agent-newlocation.wav"])
+def test_samples_are_faster_whispers_own_bit_for_bit(rel):
+    """The same samples as `faster_whisper.decode_audio` (16-bit, /32768): half a 16-bit
+    step of difference changed a word of an 8 kHz call."""
+    from faster_whisper import decode_audio
+
+    path = Path(__file__).parent / "data" / rel
+    ours = audio.decode(str(path)).samples
+    theirs = decode_audio(str(path))
+    assert ours.dtype == theirs.dtype == np.float32 and np.array_equal(ours, theirs)
