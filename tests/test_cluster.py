@@ -79,6 +79,9 @@ class LocalCluster:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
+    def stop(self) -> None:
+        subprocess.run([str(CLUSTER / "local-cluster.sh"), "stop"], env=self.env, timeout=120)
+
 
 @pytest.fixture
 def cluster_script(tmp_path):
@@ -89,7 +92,7 @@ def cluster_script(tmp_path):
     try:
         yield cluster
     finally:
-        subprocess.run([str(CLUSTER / "local-cluster.sh"), "stop"], env=cluster.env, timeout=120)
+        cluster.stop()
 
 
 @pytest.fixture
@@ -100,7 +103,7 @@ def local_cluster(tmp_path):
     try:
         yield cluster.dashboard
     finally:
-        subprocess.run([str(CLUSTER / "local-cluster.sh"), "stop"], env=cluster.env, timeout=120)
+        cluster.stop()
 
 
 @pytest.mark.slow
