@@ -32,10 +32,10 @@ def test_window_decoding(speech_dir):
     assert len(samples) == 3 * audio.SAMPLE_RATE
 
 
-def test_names_with_shell_characters_are_never_interpreted(tmp_path, speech_dir):
+def test_names_with_shell_characters_are_never_interpreted(tmp_path, speech_dir, monkeypatch):
     name = tmp_path / "-it's a \"clip\" $(touch pwned) ; rm -rf x.wav"
     shutil.copy(speech_dir / "misc" / "LDC93S1.wav", name)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     assert len(audio.decode(str(name)).samples) > 0
     assert not (tmp_path / "pwned").exists()
 

@@ -1,5 +1,6 @@
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -44,10 +45,22 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(tmp_path):
 def test_the_heartbeat_moves(tmp_path, monkeypatch):
     monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
     store = OutputStore(str(tmp_path))
+    beats = []
+    beat = threading.Event()
+    write_json = store.write_json
+
+    def recording_write(path, record):
+        write_json(path, record)
+        beats.append(record["heartbeat_at"])
+        if len(beats) >= 2:
+            beat.set()
+
+    monkeypatch.setattr(store, "write_json", recording_write)
     with Lease(store):
-        first = json.loads((tmp_path / "_lease.json").read_text())["heartbeat_at"]
-        time.sleep(0.3)
-        assert json.loads((tmp_path / "_lease.json").read_text())["heartbeat_at"] > first
+        assert beat.wait(60), "no heartbeat was written"
+        on_disk = json.loads((tmp_path / "_lease.json").read_text())["heartbeat_at"]
+    assert beats[1] > beats[0]
+    assert on_disk >= beats[1]
 
 
 def test_a_lease_taken_over_stops_its_holder_and_its_actors(tmp_path):

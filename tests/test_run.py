@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,15 @@ def first_run(ray_cluster, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     spec = JobSpec(inputs=(str(corpus),), output=str(out), progress=False)
     return spec, run(spec)
+
+
+@pytest.fixture
+def finished(first_run, tmp_path) -> tuple[JobSpec, object]:
+    """A copy of the first run's output folder, for a test that changes it."""
+    spec, summary = first_run
+    out = tmp_path / "out"
+    shutil.copytree(spec.output, out)
+    return dataclasses.replace(spec, output=str(out)), summary
 
 
 def _table(out, name) -> pa.Table:
@@ -90,16 +100,16 @@ def test_schemas_and_types(first_run):
     assert duckdb.sql(f"select count(*) from '{spec.output}/segments/*.parquet' where \"end\" < start or text = ''").fetchall()[0][0] == 0
 
 
-def test_rerun_executes_nothing_and_changes_nothing(first_run):
-    spec, _ = first_run
+def test_rerun_executes_nothing_and_changes_nothing(finished):
+    spec, _ = finished
     before = {p: p.read_bytes() for p in Path(spec.output).glob("*/part-*.parquet")}
     again = run(spec)
     assert again.shards_ran == 0 and again.shards_skipped == again.shards_planned
     assert {p: p.read_bytes() for p in Path(spec.output).glob("*/part-*.parquet")} == before
 
 
-def test_a_lost_marker_reruns_only_its_shard_without_duplicates(first_run):
-    spec, _ = first_run
+def test_a_lost_marker_reruns_only_its_shard_without_duplicates(finished):
+    spec, _ = finished
     out = Path(spec.output)
     segments_before = _sorted(_table(out, "segments").drop_columns(["words"]), ["unit_id", "segment"])
     files_before = _table(out, "files")
@@ -118,20 +128,20 @@ def test_a_lost_marker_reruns_only_its_shard_without_duplicates(first_run):
     assert rerun and all(r["attempts"] == 2 for r in rerun)
 
 
-def test_a_changed_option_is_refused(first_run):
-    spec, _ = first_run
+def test_a_changed_option_is_refused(finished):
+    spec, _ = finished
     changed = JobSpec(inputs=spec.inputs, output=spec.output, whisper=WhisperOptions(beam_size=1), progress=False)
     with pytest.raises(JobMismatchError, match="beam_size: 5 in the folder, 1 now"):
         run(changed)
 
 
-def test_new_inputs_are_appended_as_new_shards(first_run, corpus, speech_dir):
-    spec, before = first_run
-    extra = corpus / "later"
+def test_new_inputs_are_appended_as_new_shards(finished, tmp_path, speech_dir):
+    spec, before = finished
+    extra = tmp_path / "later"
     extra.mkdir()
     shutil.copy(speech_dir / "misc" / "jfk.flac", extra / "jfk-again.flac")
     plan_before = duckdb.sql(f"select shard, unit_id from '{spec.output}/_plan/*.parquet' order by all").fetchall()
-    summary = run(spec)
+    summary = run(dataclasses.replace(spec, inputs=spec.inputs + (str(extra),)))
     assert summary.shards_ran == 1 and summary.units_planned == before.units_planned + 1
     plan_after = duckdb.sql(f"select shard, unit_id from '{spec.output}/_plan/*.parquet' order by all").fetchall()
     assert plan_after[: len(plan_before)] == plan_before
