@@ -12,7 +12,6 @@ word, two words, and a phrase, and a plain count for scale.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 
 from pipeline.inputs import unit_id
 from pipeline.query import open_output
+from pipeline.records import CommitMarker
 from pipeline.search import search
 from pipeline.store import OutputStore
 
@@ -49,8 +49,7 @@ def build(source: Path, target: Path, segments: int) -> None:
     files = src.files.to_table()
     shutil.rmtree(target, ignore_errors=True)
     store = OutputStore(str(target))
-    job = json.loads((source / "job.json").read_text())
-    store.write_job(job)
+    store.write_job(OutputStore(str(source)).read_job())
     copies = -(-segments // seg.num_rows)
     per_shard = max(1, SHARD_SEGMENTS // seg.num_rows)
     plan_rows = []
@@ -67,8 +66,8 @@ def build(source: Path, target: Path, segments: int) -> None:
                               .set_column(2, "shard", pa.array([shard] * files.num_rows, pa.int32())))
         seg_t, files_t = pa.concat_tables(seg_parts), pa.concat_tables(file_parts)
         parts = {"segments": store.write_part("segments", shard, seg_t), "files": store.write_part("files", shard, files_t)}
-        store.commit(shard, {"shard": shard, "attempt": 1, "parts": parts, "units": files_t.num_rows,
-                             "statuses": {"ok": files_t.num_rows}, "audio_s": 0.0, "wall_s": 0.0, "node": "bench"})
+        store.commit(shard, CommitMarker(shard=shard, attempt=1, parts=parts, units=files_t.num_rows,
+                                         statuses={"ok": files_t.num_rows}, audio_s=0.0, wall_s=0.0, node="bench"))
         plan_rows.append(pa.table({"shard": pa.array([shard] * files_t.num_rows, pa.int32()),
                                    "unit_id": files_t.column("unit_id"), "uri": files_t.column("uri")}))
     store.append_plan(pa.concat_tables(plan_rows))

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", allow_abbrev=False, help="measure actors x threads on this node; `run` then uses the best")
     tune.add_argument("--model", default=WhisperOptions().model, help="the model to measure with (default tiny.en)")
-    tune.add_argument("--audio", default=None, metavar="FOLDER", help="sample audio (default: the bundled clips)")
+    tune.add_argument("--audio", default=None, metavar="FOLDER", help="sample audio (default: the clips in tests/data/speech of a source checkout)")
 
     status = sub.add_parser("status", allow_abbrev=False, help="summarise an output folder")
     status.add_argument("output", help="the output folder or URL")
@@ -175,26 +175,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
 
 def actor_options(args: argparse.Namespace) -> ActorOptions:
     """The resource flags, filled in from this node's tuning profile where not given."""
-    from pipeline.tune import load_profile
-
-    log = logging.getLogger(__name__)
-    profile = None
-    if args.threads is None or args.actors is None:
-        profile = load_profile()
-    if profile is None:
-        chosen = ActorOptions(threads=args.threads or 1, actors=args.actors)
-        log.info("resources: %s actor(s) x %d thread(s) (%s)", chosen.actors or "one per CPU", chosen.threads,
-                 "as asked" if args.threads and args.actors else
-                 "no tuning profile for this node: defaults; `bulkscribe tune` measures it")
-        return chosen
-    embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
-    threads = args.threads or profile.threads
-    actors = args.actors
-    if actors is None and embedded and args.threads is None:
-        actors = profile.actors  # the profile measured this very node
-    log.info("resources: %s actor(s) x %d thread(s) (tuning profile %s; --threads and --actors override it)",
-             actors or "one per CPU /", threads, profile.source)
-    return ActorOptions(threads=threads, actors=actors)
+    return ActorOptions.for_node(args.threads, args.actors, embedded=not (args.address or os.environ.get("RAY_ADDRESS")))
 
 
 def setup_logging(verbose: bool) -> None:
@@ -224,7 +205,7 @@ def _forwarded_run_args(argv: list[str]) -> list[str]:
     return out
 
 
-def submit_command(args: argparse.Namespace, argv: list[str]) -> int:
+def submit_command(args: argparse.Namespace) -> int:
     from pipeline.submit import follow, submit
 
     if not args.address:
@@ -233,7 +214,7 @@ def submit_command(args: argparse.Namespace, argv: list[str]) -> int:
     # The job runs in its own folder: local paths must be absolute (and shared by every node).
     local = {*spec.inputs, spec.output} | ({args.model} if os.path.isdir(args.model) else set())
     forwarded = [
-        os.path.abspath(a) if a in local and "://" not in a else a for a in _forwarded_run_args(argv)
+        os.path.abspath(a) if a in local and "://" not in a else a for a in _forwarded_run_args(args.argv)
     ]
     submission = submit(args.address, forwarded, [*spec.inputs, spec.output], pip=args.pip)
     print(f"submitted {submission.job_id}")
@@ -310,9 +291,89 @@ def search_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def retry_failed_command(args: argparse.Namespace) -> int:
+    from pipeline.report import format_summary
+    from pipeline.run import retry_failed
+
+    summary = retry_failed(args.output, storage_options=dict(args.storage_option), actors=actor_options(args),
+                           address=args.address, progress=args.progress, unit_timeout_s=args.unit_timeout)
+    print(format_summary(summary, this_run=True))
+    return 0
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from pipeline.tune import format_profile, tune
+
+    print(format_profile(tune(args.model, args.audio)))
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from pipeline.report import format_cost, format_summary, summarize
+    from pipeline.store import OutputStore
+
+    store = OutputStore(args.output, dict(args.storage_option))
+    if store.read_job() is None:
+        raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
+    summary = summarize(store)
+    print(format_summary(summary))
+    if args.node_price is not None:
+        print(format_cost(summary, args.node_price))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from pipeline.export import export
+    from pipeline.query import open_output
+
+    written = _sql(lambda: export(open_output(args.output, dict(args.storage_option)), args.format, args.to, args.where))
+    print(f"wrote {len(written)} {args.format} file(s) below {args.to}")
+    return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from pipeline.store import OutputStore
+    from pipeline.verify import verify
+
+    result = verify(OutputStore(args.output, dict(args.storage_option)))
+    print(result.format())
+    return 0 if result.ok else 1
+
+
+def models_command(args: argparse.Namespace) -> int:
+    from pipeline.models import catalog, resolve
+
+    for name in args.prepare:
+        model = resolve(name)
+        print(f"{name}: ready at {model.path} (sha256 {model.sha256} verified)")
+    if args.prepare:
+        return 0
+    for row in catalog():
+        print(f"{row['name']:<10} {row['description']}\n{'':<10} {row['state']}; model.bin sha256 {row['sha256']}")
+    print("Also accepted: a local CTranslate2 folder, or any faster-whisper name (needs the network).")
+    return 0
+
+
+COMMANDS = {
+    "run": run_command,
+    "submit": submit_command,
+    "retry-failed": retry_failed_command,
+    "tune": tune_command,
+    "status": status_command,
+    "query": query_command,
+    "search": search_command,
+    "export": export_command,
+    "verify": verify_command,
+    "models": models_command,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse `argv`, run its command, and turn the errors a user can fix into one line
+    (exit 2); a run stopped by another run's takeover exits 1, Ctrl-C 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     setup_logging(args.verbose)
     from pipeline.inputs import InputError
     from pipeline.lease import LeaseHeldError, LeaseLostError
@@ -321,75 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.submit import SubmitError
 
     try:
-        if args.command == "run":
-            return run_command(args)
-        if args.command == "submit":
-            return submit_command(args, argv)
-        if args.command == "retry-failed":
-            from pipeline.report import format_summary
-            from pipeline.run import retry_failed
-
-            summary = retry_failed(
-                args.output,
-                storage_options=dict(args.storage_option),
-                actors=actor_options(args),
-                address=args.address,
-                progress=args.progress,
-                unit_timeout_s=args.unit_timeout,
-            )
-            print(format_summary(summary, this_run=True))
-            return 0
-        if args.command == "tune":
-            from pipeline.tune import format_profile, tune
-
-            print(format_profile(tune(args.model, args.audio)))
-            return 0
-        if args.command == "status":
-            from pipeline.report import format_summary, summarize
-            from pipeline.store import OutputStore
-
-            store = OutputStore(args.output, dict(args.storage_option))
-            if store.read_job() is None:
-                raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
-            summary = summarize(store)
-            print(format_summary(summary))
-            if args.node_price is not None:
-                from pipeline.report import format_cost
-
-                print(format_cost(summary, args.node_price))
-            return 0
-        if args.command == "query":
-            return query_command(args)
-        if args.command == "search":
-            return search_command(args)
-        if args.command == "export":
-            from pipeline.export import export
-            from pipeline.query import open_output
-
-            written = _sql(lambda: export(open_output(args.output, dict(args.storage_option)), args.format, args.to,
-                                          args.where))
-            print(f"wrote {len(written)} {args.format} file(s) below {args.to}")
-            return 0
-        if args.command == "verify":
-            from pipeline.store import OutputStore
-            from pipeline.verify import verify
-
-            result = verify(OutputStore(args.output, dict(args.storage_option)))
-            print(result.format())
-            return 0 if result.ok else 1
-        if args.command == "models":
-            from pipeline.models import catalog, resolve
-
-            for name in args.prepare:
-                model = resolve(name)
-                print(f"{name}: ready at {model.path} (sha256 {model.sha256} verified)")
-            if args.prepare:
-                return 0
-
-            for row in catalog():
-                print(f"{row['name']:<10} {row['description']}\n{'':<10} {row['state']}; model.bin sha256 {row['sha256']}")
-            print("Also accepted: a local CTranslate2 folder, or any faster-whisper name (needs the network).")
-            return 0
+        return COMMANDS[args.command](args)
     except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, FileNotFoundError, ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
         return 2
@@ -398,7 +391,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return interrupted(args, argv)
-    return 2
 
 
 def interrupted(args: argparse.Namespace, argv: list[str]) -> int:

@@ -89,6 +89,30 @@ class ActorOptions:
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
 
+    @classmethod
+    def for_node(cls, threads: int | None, actors: int | None, *, embedded: bool) -> "ActorOptions":
+        """The options asked for, the rest from this node's tuning profile (`bulkscribe
+        tune`), else the defaults. The profile's actor count applies only to an embedded
+        Ray on this very node with no --threads given; the choice is logged."""
+        import logging
+
+        from pipeline.tune import load_profile
+
+        log = logging.getLogger(__name__)
+        profile = load_profile() if threads is None or actors is None else None
+        if profile is None:
+            chosen = cls(threads=threads or 1, actors=actors)
+            log.info("resources: %s actor(s) x %d thread(s) (%s)", chosen.actors or "one per CPU", chosen.threads,
+                     "as asked" if threads and actors else
+                     "no tuning profile for this node: defaults; `bulkscribe tune` measures it")
+            return chosen
+        if actors is None and embedded and threads is None:
+            actors = profile.actors  # the profile measured this very node
+        threads = threads or profile.threads
+        log.info("resources: %s actor(s) x %d thread(s) (tuning profile %s; --threads and --actors override it)",
+                 actors or "one per CPU /", threads, profile.source)
+        return cls(threads=threads, actors=actors)
+
     def actors_for(self, cpus: float) -> int:
         """Actors to start with on a cluster offering `cpus` CPUs now: as asked, else one
         per `threads` CPUs (at least one: on a cluster with no worker yet, its request is
@@ -170,6 +194,39 @@ class JobSpec:
         data["whisper"]["temperature"] = list(self.whisper.temperature)
         data["inputs"] = list(self.inputs)
         return data
+
+
+# Per-unit time limit unless the job sets one: a minute, plus ten seconds per second of
+# audio (tiny.en on one thread runs near 20x real time, large models near 1x).
+DEFAULT_TIMEOUT_BASE_S = 60.0
+DEFAULT_TIMEOUT_PER_AUDIO_S = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every actor needs to transcribe and write shards; built once on the driver
+    from the job (`pipeline.run`)."""
+
+    output: str
+    whisper: WhisperOptions
+    threads: int
+    model_name: str
+    model_sha256: str
+    fingerprint: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    unit_timeout_s: float | None = None
+    # A multilingual model that names the language of doubtful transcripts of an
+    # English-only model (the `language_mismatch` flag); None: no such check.
+    language_check: str | None = None
+    # The driver's lease (pipeline.lease): parts are written only while it holds the
+    # folder, and every marker records it.
+    lease_owner: str | None = None
+
+    def transcribe_budget_s(self, audio_s: float) -> float:
+        """Time a unit of `audio_s` seconds may take to transcribe."""
+        if self.unit_timeout_s is not None:
+            return self.unit_timeout_s
+        return DEFAULT_TIMEOUT_BASE_S + DEFAULT_TIMEOUT_PER_AUDIO_S * audio_s
 
 
 def fingerprint_fields(options: WhisperOptions, model_sha256: str) -> dict[str, Any]:

@@ -19,21 +19,37 @@ What happens when things go wrong:
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from pipeline.actor import (ShardResult, WorkerConfig, decode_units, load_transcriber, node_name, process_shard,
-                            retry_failed_units)
-from pipeline.config import PoolSize
+import pyarrow as pa
+
+from pipeline.actor import load_transcriber, node_name, process_shard
+from pipeline.commit import ShardResult
+from pipeline.config import PoolSize, WorkerConfig
 from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 MAX_LOSSES = 3
+
+
+def units_to_ipc(units: pa.Table) -> bytes:
+    """A shard's plan rows as Arrow IPC bytes, the payload of one call: types (manifest
+    columns too) survive the trip."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, units.schema) as writer:
+        writer.write_table(units)
+    return sink.getvalue()
+
+
+def units_from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(payload).read_all()
 
 
 class ShardLostError(RuntimeError):
@@ -58,9 +74,9 @@ class ShardWorker:
         self.store = OutputStore(self.config.output, self.config.storage_options)
         return self.node
 
-    def process(self, shard: int, units: bytes, mode: str) -> ShardResult:
-        work = retry_failed_units if mode == "retry" else process_shard
-        return work(shard, decode_units(units), self.transcriber, self.store, self.config, self.node)
+    def process(self, shard: int, payload: bytes, mode: str) -> ShardResult:
+        return process_shard(shard, units_from_ipc(payload), self.transcriber, self.store, self.config, self.node,
+                             retry_failed=mode == "retry")
 
 
 @dataclass
@@ -80,7 +96,7 @@ def run_shards(
     """Run `shards` on a pool of ShardWorker actors; yield each result as it comes.
 
     Args:
-        payload: a shard's plan rows as Arrow IPC bytes (`actor.encode_units`), asked
+        payload: a shard's plan rows as Arrow IPC bytes (`units_to_ipc`), asked
             for when the shard is handed to an actor.
         env: the actors' environment (`run.actor_env`).
     """

@@ -21,6 +21,7 @@ import fsspec
 import pyarrow as pa
 
 from pipeline.retry import retry
+from pipeline.schema import RESERVED_COLUMNS, UNIT_SCHEMA
 from pipeline.store import strict_listing
 
 logger = logging.getLogger(__name__)
@@ -31,24 +32,8 @@ AUDIO_EXTENSIONS = frozenset(
 )
 MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".parquet", ".txt"})
 URI_COLUMNS = ("uri", "path")
-# Columns of the `files` table and the plan; a manifest column with one of these names is renamed.
-RESERVED_COLUMNS = frozenset(
-    "unit_id uri shard status error_type error_message decode_warning attempts size_bytes duration_s start_s end_s "
-    "language language_probability segments decode_s transcribe_s rtfx node model compute_type "
-    "cpu_threads finished_at split est_audio_s".split()
-)
 _GLOB_CHARS = frozenset("*?[")
 _STAT_THREADS = 16
-
-UNIT_SCHEMA = pa.schema(
-    [
-        ("unit_id", pa.string()),
-        ("uri", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-    ]
-)
 
 
 class InputError(ValueError):

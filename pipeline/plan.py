@@ -9,7 +9,9 @@ renumbers, so a committed shard always means the same units.
 from __future__ import annotations
 
 import posixpath
+from typing import Iterator
 
+import numpy
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -91,3 +93,16 @@ def next_shard(planned: pa.Table | None) -> int:
     if planned is None or planned.num_rows == 0:
         return 0
     return int(pc.max(planned.column("shard")).as_py()) + 1
+
+
+def group_by_shard(planned: pa.Table, shards: list[int]) -> Iterator[tuple[int, pa.Table]]:
+    """(shard, its plan rows) for each of `shards`, in one pass over the plan: one sort,
+    then zero-copy slices (a filter per shard cost units x shards: 315 s at 10^6 files)."""
+    wanted = planned.filter(pc.is_in(planned.column("shard"), value_set=pa.array(shards, planned.schema.field("shard").type)))
+    ordered = wanted.sort_by([("shard", "ascending")])  # stable: units keep their plan order
+    numbers = ordered.column("shard").to_numpy()
+    if len(numbers) == 0:
+        return
+    starts = [0, *(numpy.flatnonzero(numbers[1:] != numbers[:-1]) + 1), len(numbers)]
+    for begin, end in zip(starts, starts[1:]):
+        yield int(numbers[begin]), ordered.slice(begin, end - begin)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 
 from pipeline.quality import FLAGS
+from pipeline.schema import STATUSES
 from pipeline.store import OutputStore
 
 
@@ -46,26 +47,26 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
     wall time; by default the totals of the runs that recorded themselves."""
     plan = store.read_plan()
     markers = store.markers()
-    statuses = {s: sum(m["statuses"].get(s, 0) for m in markers) for s in ("ok", "no_speech", "failed")}
+    statuses = {s: sum(m.count(s) for m in markers) for s in STATUSES}
     runs = store.runs()
     summary = Summary(
         output=store.uri(),
         shards_planned=0 if plan is None else len(pc.unique(plan.column("shard"))),
         shards_committed=len(markers),
         units_planned=0 if plan is None else plan.num_rows,
-        units_done=sum(m["units"] for m in markers),
+        units_done=sum(m.units for m in markers),
         ok=statuses["ok"],
         no_speech=statuses["no_speech"],
         failed=statuses["failed"],
-        audio_s=sum(m["audio_s"] for m in markers),
-        wall_s=sum(r.get("wall_s", 0.0) for r in runs) if wall_s is None else wall_s,
-        run_audio_s=sum(r.get("audio_s", 0.0) for r in runs) if audio_s is None else audio_s,
-        node_hours=sum(r.get("wall_s", 0.0) * r.get("nodes", 0) for r in runs) / 3600,
-        flags={f: n for f in FLAGS if (n := sum(m.get("flags", {}).get(f, 0) for m in markers))},
-        decode_warnings=sum(m.get("decode_warnings", 0) for m in markers),
+        audio_s=sum(m.audio_s for m in markers),
+        wall_s=sum(r.wall_s for r in runs) if wall_s is None else wall_s,
+        run_audio_s=sum(r.audio_s for r in runs) if audio_s is None else audio_s,
+        node_hours=sum(r.wall_s * r.nodes for r in runs) / 3600,
+        flags={f: n for f in FLAGS if (n := sum(m.flags.get(f, 0) for m in markers))},
+        decode_warnings=sum(m.decode_warnings for m in markers),
     )
     if summary.failed:
-        summary.failures = _failures(store, [m["shard"] for m in markers if m["statuses"].get("failed")])
+        summary.failures = _failures(store, [m.shard for m in markers if m.count("failed")])
     return summary
 
 

@@ -1,9 +1,5 @@
-"""Run a job: plan (or resume), start or join Ray, stream shards through the actor pool.
-
-With no address an embedded local Ray is started for the job and stopped after it;
-with `address` (or $RAY_ADDRESS) the job joins that cluster. Ray's token
-authentication stays on, and the dashboard of an embedded Ray listens on 127.0.0.1 only.
-"""
+"""Run a job: plan (or resume), start or join Ray (`pipeline.ray_session`), stream the
+pending shards through the actor pool (`pipeline.dispatch`), record the run."""
 
 from __future__ import annotations
 
@@ -14,38 +10,24 @@ import importlib.metadata
 import logging
 import os
 import time
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
-import numpy
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import inputs, models, plan, windows
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease
-from pipeline.actor import ShardResult, WorkerConfig, encode_units, retry_intent_path
-from pipeline.dispatch import run_shards
-from pipeline.config import ActorOptions, JobSpec, PoolSize, WhisperOptions, fingerprint, fingerprint_fields
+from pipeline.commit import ShardResult, iso, retry_intent_path
+from pipeline.dispatch import run_shards, units_to_ipc
+from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, WorkerConfig, fingerprint,
+                             fingerprint_fields)
+from pipeline.ray_session import actor_env, autoscaler_request, joins_cluster, ray_session, run_setup_hook
+from pipeline.records import JobRecord, RunRecord
 from pipeline.report import Summary, format_summary, summarize
 from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
-
-WORKER_SETUP_ENV = "BULKSCRIBE_WORKER_SETUP"
-# Two malloc arenas, not eight per core: with a decoding thread beside the model, the
-# extra arenas fragmented and an actor's peak memory crept up window after window
-# (1110 to 1244 MB over three 10-minute windows; 995 to 1078 MB with two arenas).
-# glibc reads it when the process starts, so it must be in the actor's environment.
-ACTOR_ENV = {"MALLOC_ARENA_MAX": "2"}
-
-
-def actor_env(threads: int) -> dict[str, str]:
-    """The environment of an actor of `threads` threads (see `transcriber.process_env`)."""
-    from pipeline.transcriber import process_env
-
-    return {**ACTOR_ENV, **process_env(threads)}
-
 
 class JobMismatchError(ValueError):
     """The output folder holds a job whose transcripts would differ from this one's."""
@@ -101,7 +83,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         def cluster_cpus() -> float:
             # Ray starts (or is joined) only when there is work: a finished job reruns in a second.
             if not cpus:
-                cpus.append(stack.enter_context(_ray_session(spec)))
+                cpus.append(stack.enter_context(ray_session(spec)))
             return cpus[0]
 
         if job is None:
@@ -110,7 +92,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             job = _new_job(spec, model, fields, shard_audio_s)
             lease.check()
             store.write_job(job)
-        planned = _extend_plan(store, units, job["shard_audio_s"], job.get("window_s"), lease)
+        planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease)
         committed = store.committed()
         shards = sorted(set(planned.column("shard").to_pylist()))
         pending = [s for s in shards if s not in committed]
@@ -119,37 +101,37 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
         )
         if pending:
-            config = _worker_config(spec, model.sha256, job["fingerprint"], language_check_model(spec, model), lease)
+            config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress,
                                lease=lease, autoscale=joins_cluster(spec))
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease)
 
 
-def check_fingerprint(job: dict[str, Any], fields: dict[str, Any]) -> None:
+def check_fingerprint(job: JobRecord, fields: dict[str, Any]) -> None:
     """Refuse to resume into a folder whose transcripts were made differently."""
-    if job.get("fingerprint") == fingerprint(fields):
+    if job.fingerprint == fingerprint(fields):
         return
-    old = job.get("fingerprint_fields", {})
+    old = job.fingerprint_fields
     diffs = [f"{k}: {old.get(k)!r} in the folder, {v!r} now" for k, v in fields.items() if old.get(k) != v]
     raise JobMismatchError(
-        f"{job.get('output', 'the output folder')} was transcribed with other options, and one folder "
+        f"{job.output or 'the output folder'} was transcribed with other options, and one folder "
         f"holds one set of options. Differences: {'; '.join(diffs) or 'unknown'}. "
         "Use the folder's options again, or another --output."
     )
 
 
-def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any], shard_audio_s: float) -> dict[str, Any]:
-    return {
-        "output": spec.output,
-        "created_at": _iso(time.time()),
-        "spec": spec.public_dict(),
-        "fingerprint": fingerprint(fields),
-        "fingerprint_fields": fields,
-        "model": {"name": model.name, "sha256": model.sha256},
-        "shard_audio_s": shard_audio_s,
-        "window_s": spec.window_s,
-        "versions": _versions(),
-    }
+def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any], shard_audio_s: float) -> JobRecord:
+    return JobRecord(
+        output=spec.output,
+        created_at=iso(time.time()),
+        spec=spec.public_dict(),
+        fingerprint=fingerprint(fields),
+        fingerprint_fields=fields,
+        model={"name": model.name, "sha256": model.sha256},
+        shard_audio_s=shard_audio_s,
+        window_s=spec.window_s,
+        versions=_versions(),
+    )
 
 
 def _extend_plan(store: OutputStore, units: pa.Table, shard_audio_s: float, window_s: float | None,
@@ -194,7 +176,7 @@ def retry_failed(
     job = store.read_job()
     if job is None:
         raise FileNotFoundError(f"{output} holds no bulkscribe job (no job.json)")
-    fields = dict(job["fingerprint_fields"])
+    fields = dict(job.fingerprint_fields)
     model_sha = fields.pop("model_sha256")
     unknown = set(fields) - {f.name for f in dataclasses.fields(WhisperOptions)}
     if unknown:
@@ -205,20 +187,20 @@ def retry_failed(
     whisper = WhisperOptions(**fields)
     model = models.resolve(whisper.model)
     check_fingerprint(job, fingerprint_fields(whisper, model.sha256))
-    spec = JobSpec(inputs=tuple(job["spec"]["inputs"]), output=output, whisper=whisper, actors=actors,
+    spec = JobSpec(inputs=tuple(job.spec["inputs"]), output=output, whisper=whisper, actors=actors,
                    address=address, storage_options=dict(storage_options or {}), progress=progress,
-                   unit_timeout_s=unit_timeout_s, language_check=job["spec"].get("language_check"))
+                   unit_timeout_s=unit_timeout_s, language_check=job.spec.get("language_check"))
     with Lease(store, "retry-failed") as lease:
         interrupted = store.shards_in("_retry", "*.json")
-        shards = sorted({m["shard"] for m in store.markers() if m["statuses"].get("failed")} | interrupted)
+        shards = sorted({m.shard for m in store.markers() if m.count("failed")} | interrupted)
         results: list[ShardResult] = []
         if shards:
             logger.info("retrying the failed units of %d shard(s)", len(shards))
             lease.check()
             for shard in shards:
-                store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": _iso(time.time())})
-            config = _worker_config(spec, model_sha, job["fingerprint"], language_check_model(spec, model), lease)
-            with _ray_session(spec) as cpus:
+                store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
+            config = _worker_config(spec, model_sha, job.fingerprint, language_check_model(spec, model), lease)
+            with ray_session(spec) as cpus:
                 results = _execute(store.read_plan(), shards, config, actors.pool(cpus, len(shards)), progress,
                                    mode="retry", lease=lease, autoscale=joins_cluster(spec))
         else:
@@ -262,16 +244,16 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
     lease.check()
     audio_s = sum(r.audio_s for r in results if not r.skipped)
     store.write_run(
-        {
-            "started_at": _iso(started),
-            "finished_at": _iso(time.time()),
-            "wall_s": wall_s,
-            "shards_ran": ran,
-            "shards_skipped": skipped,
-            "audio_s": audio_s,
+        RunRecord(
+            started_at=iso(started),
+            finished_at=iso(time.time()),
+            wall_s=wall_s,
+            shards_ran=ran,
+            shards_skipped=skipped,
+            audio_s=audio_s,
             # Nodes that did work, for node-hours (and cost) in `bulkscribe status`.
-            "nodes": len({r.node.split("/")[-1] for r in results if not r.skipped}),
-        }
+            nodes=len({r.node.split("/")[-1] for r in results if not r.skipped}),
+        )
     )
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s)
     summary.shards_ran, summary.shards_skipped = ran, skipped
@@ -300,7 +282,7 @@ def _execute(
         # there anyway, so log lines and the (disabled) bar cannot fight.
         logging_redirect_tqdm = contextlib.nullcontext
 
-    by_shard = dict(group_by_shard(planned, pending))
+    by_shard = dict(plan.group_by_shard(planned, pending))
     est_s = {s: pc.sum(t.column("est_audio_s")).as_py() or 0.0 for s, t in by_shard.items()}
     if pool.elastic:
         logger.info("running %d shard(s) on %d actor(s) x %d thread(s), more as nodes join (up to %d)",
@@ -309,9 +291,9 @@ def _execute(
         logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(by_shard), pool.initial, config.threads)
     results = []
     tally = Progress(est_s)
-    shards = run_shards(list(by_shard), lambda s: encode_units(by_shard[s]), config, pool, actor_env(config.threads),
+    shards = run_shards(list(by_shard), lambda s: units_to_ipc(by_shard[s]), config, pool, actor_env(config.threads),
                         mode)
-    request = _autoscaler_request(pool, config.threads) if autoscale else contextlib.nullcontext()
+    request = autoscaler_request(pool, config.threads) if autoscale else contextlib.nullcontext()
     with request, logging_redirect_tqdm(), tqdm(
         total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,
         dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} planned audio-min [{elapsed}<{remaining}{postfix}]",
@@ -323,38 +305,6 @@ def _execute(
             bar.update(tally.add(result))
             bar.set_postfix_str(tally.postfix(), refresh=True)
     return results
-
-
-def group_by_shard(planned: pa.Table, shards: list[int]) -> Iterator[tuple[int, pa.Table]]:
-    """(shard, its plan rows) for each of `shards`, in one pass over the plan: one sort,
-    then zero-copy slices (a filter per shard cost units x shards: 315 s at 10^6 files)."""
-    wanted = planned.filter(pc.is_in(planned.column("shard"), value_set=pa.array(shards, planned.schema.field("shard").type)))
-    ordered = wanted.sort_by([("shard", "ascending")])  # stable: units keep their plan order
-    numbers = ordered.column("shard").to_numpy()
-    if len(numbers) == 0:
-        return
-    starts = [0, *(numpy.flatnonzero(numbers[1:] != numbers[:-1]) + 1), len(numbers)]
-    for begin, end in zip(starts, starts[1:]):
-        yield int(numbers[begin]), ordered.slice(begin, end - begin)
-
-
-@contextlib.contextmanager
-def _autoscaler_request(pool: PoolSize, threads: int) -> Iterator[None]:
-    """Ask a cluster's autoscaler for the CPUs an elastic pool could use; withdrawn at the end.
-
-    Without it an autoscaler sees only the actors the pool has asked for so far, and a
-    cluster that starts with no workers would grow one node at a time.
-    """
-    if not pool.elastic:
-        yield
-        return
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[{"CPU": threads}] * pool.maximum)
-    try:
-        yield
-    finally:
-        request_resources(bundles=[])
 
 
 class Progress:
@@ -385,65 +335,6 @@ class Progress:
                 f"{rate:.1f}x RT, failed {self.failed}")
 
 
-def cluster_address(spec: JobSpec) -> str | None:
-    """The Ray cluster the job joins (its address, or $RAY_ADDRESS inside a Ray job); None
-    for a Ray of its own."""
-    return spec.address or os.environ.get("RAY_ADDRESS")
-
-
-def joins_cluster(spec: JobSpec) -> bool:
-    return cluster_address(spec) is not None
-
-
-@contextlib.contextmanager
-def _ray_session(spec: JobSpec) -> Iterator[float]:
-    """Yield the CPUs Ray offers: join a cluster, reuse a running Ray, or start one here."""
-    import ray
-
-    address = cluster_address(spec)
-    if ray.is_initialized():
-        yield ray.cluster_resources().get("CPU", 1.0)
-        return
-    _quiet_ray_logs()
-    runtime_env = {}
-    hook = os.environ.get(WORKER_SETUP_ENV)
-    if hook:
-        runtime_env["worker_process_setup_hook"] = hook
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
-    else:
-        ray.init(
-            # "local": always a new Ray of our own, even where `ray start` runs a cluster.
-            address="local",
-            num_cpus=len(os.sched_getaffinity(0)),
-            dashboard_host="127.0.0.1",
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            runtime_env=runtime_env,
-        )
-    try:
-        yield ray.cluster_resources().get("CPU", 1.0)
-    finally:
-        ray.shutdown()
-
-
-def run_setup_hook() -> None:
-    """Call $BULKSCRIBE_WORKER_SETUP (`module.function`) here; Ray calls it in every worker.
-
-    For what must happen in every process before a URL can be opened, such as
-    registering a custom fsspec filesystem.
-    """
-    hook = os.environ.get(WORKER_SETUP_ENV)
-    if hook:
-        module, _, name = hook.rpartition(".")
-        getattr(importlib.import_module(module), name)()
-
-
-def _quiet_ray_logs() -> None:
-    for name in ("ray",):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _versions() -> dict[str, str]:
     found = {}
     for dist in ("bulkscribe", "faster-whisper", "ctranslate2", "ray", "pyarrow"):
@@ -452,10 +343,6 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[dist] = "unknown"
     return found
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
 __all__ = ["run", "check_fingerprint", "JobMismatchError", "format_summary"]

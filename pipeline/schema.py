@@ -1,4 +1,9 @@
-"""The two tables users query: `segments` (one row per segment) and `files` (one per unit).
+"""Every column of the tables bulkscribe writes, in one place: `segments` and `files` (the
+tables users query) and the plan (`_plan/`).
+
+Each table is a dataclass whose fields carry their Arrow type; the Arrow schemas, the
+reserved column names and the rows the actors build all derive from these classes, so a
+new column is added here and nowhere else.
 
 A unit is a whole file, or one window of a long file that the planner split
 (`start_s`, `end_s`); segment times are always seconds from the start of the file.
@@ -6,9 +11,27 @@ A unit is a whole file, or one window of a long file that the planner split
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
+
+
+def _column(arrow_type: pa.DataType, default: Any = None, *, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"arrow": arrow_type})
+    return field(default=default, metadata={"arrow": arrow_type})
+
+
+def arrow_schema(row_type: type) -> pa.Schema:
+    return pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(row_type)])
+
+
+def column_names(row_type: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(row_type))
+
 
 WORD_TYPE = pa.struct(
     [
@@ -19,55 +42,87 @@ WORD_TYPE = pa.struct(
     ]
 )
 
-SEGMENTS_SCHEMA = pa.schema(
-    [
-        ("unit_id", pa.string()),
-        ("uri", pa.string()),
-        ("shard", pa.int32()),
-        ("segment", pa.int32()),
-        ("start", pa.float64()),
-        ("end", pa.float64()),
-        ("text", pa.string()),
-        ("avg_logprob", pa.float32()),
-        ("no_speech_prob", pa.float32()),
-        ("compression_ratio", pa.float32()),
-        ("temperature", pa.float32()),
-        ("language", pa.string()),
-        ("words", pa.list_(WORD_TYPE)),
-    ]
-)
 
-FILES_SCHEMA = pa.schema(
-    [
-        ("unit_id", pa.string()),
-        ("uri", pa.string()),
-        ("shard", pa.int32()),
-        ("status", pa.string()),
-        ("error_type", pa.string()),
-        ("error_message", pa.string()),
-        ("decode_warning", pa.string()),
-        # Reasons to doubt an `ok` transcript (see pipeline.quality): repetition,
-        # low_confidence, language_mismatch; empty when there is none.
-        ("flags", pa.list_(pa.string())),
-        ("attempts", pa.int32()),
-        ("size_bytes", pa.int64()),
-        # The window of the file this unit covers: 0 and null for a whole file.
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("duration_s", pa.float64()),
-        ("language", pa.string()),
-        ("language_probability", pa.float32()),
-        ("segments", pa.int32()),
-        ("decode_s", pa.float64()),
-        ("transcribe_s", pa.float64()),
-        ("rtfx", pa.float64()),
-        ("node", pa.string()),
-        ("model", pa.string()),
-        ("compute_type", pa.string()),
-        ("cpu_threads", pa.int32()),
-        ("finished_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
+@dataclass
+class SegmentRow:
+    """One row of `segments`: one segment of one unit's transcript."""
+
+    unit_id: str = _column(pa.string())
+    uri: str = _column(pa.string())
+    shard: int = _column(pa.int32())
+    # Counts from 0 within the unit.
+    segment: int = _column(pa.int32())
+    # Seconds from the start of the file, to the millisecond.
+    start: float = _column(pa.float64())
+    end: float = _column(pa.float64())
+    text: str = _column(pa.string())
+    avg_logprob: float = _column(pa.float32())
+    no_speech_prob: float = _column(pa.float32())
+    compression_ratio: float = _column(pa.float32())
+    temperature: float = _column(pa.float32())
+    language: str | None = _column(pa.string())
+    # {start, end, word, probability} per word, with --word-timestamps; else null.
+    words: list[dict[str, Any]] | None = _column(pa.list_(WORD_TYPE))
+
+
+@dataclass
+class FileRow:
+    """One row of `files`: what became of one unit."""
+
+    unit_id: str = _column(pa.string())
+    uri: str = _column(pa.string())
+    shard: int = _column(pa.int32())
+    # ok, no_speech or failed (STATUSES).
+    status: str = _column(pa.string(), "failed")
+    error_type: str | None = _column(pa.string())
+    error_message: str | None = _column(pa.string())
+    decode_warning: str | None = _column(pa.string())
+    # Reasons to doubt an `ok` transcript (see pipeline.quality): repetition,
+    # low_confidence, language_mismatch; empty when there is none.
+    flags: list[str] = _column(pa.list_(pa.string()), factory=list)
+    attempts: int = _column(pa.int32())
+    size_bytes: int | None = _column(pa.int64())
+    # The window of the file this unit covers: 0 and null for a whole file.
+    start_s: float = _column(pa.float64(), 0.0)
+    end_s: float | None = _column(pa.float64())
+    duration_s: float | None = _column(pa.float64())
+    language: str | None = _column(pa.string())
+    language_probability: float | None = _column(pa.float32())
+    segments: int = _column(pa.int32(), 0)
+    decode_s: float | None = _column(pa.float64())
+    transcribe_s: float | None = _column(pa.float64())
+    rtfx: float | None = _column(pa.float64())
+    node: str | None = _column(pa.string())
+    model: str | None = _column(pa.string())
+    compute_type: str | None = _column(pa.string())
+    cpu_threads: int | None = _column(pa.int32())
+    finished_at: datetime | None = _column(pa.timestamp("ms", tz="UTC"))
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One row of the plan: a unit and the shard it belongs to. Manifest columns follow
+    these in the plan's Parquet parts and are copied to the unit's `files` row."""
+
+    shard: int = _column(pa.int32())
+    unit_id: str = _column(pa.string())
+    uri: str = _column(pa.string())
+    size_bytes: int | None = _column(pa.int64())
+    # Audio seconds guessed from the size (pipeline.plan), to balance shards.
+    est_audio_s: float = _column(pa.float64())
+    start_s: float | None = _column(pa.float64())
+    end_s: float | None = _column(pa.float64())
+    # A window of a long file (pipeline.windows): its seams are moved to silence.
+    split: bool = _column(pa.bool_(), False)
+
+
+SEGMENTS_SCHEMA = arrow_schema(SegmentRow)
+FILES_SCHEMA = arrow_schema(FileRow)
+PLAN_SCHEMA = arrow_schema(PlanRow)
+# The columns the inputs give the planner (pipeline.inputs), before shards are numbered.
+UNIT_SCHEMA = pa.schema([PLAN_SCHEMA.field(n) for n in ("unit_id", "uri", "size_bytes", "start_s", "end_s")])
+# Names a manifest column may not take (it is renamed `manifest_<name>`).
+RESERVED_COLUMNS = frozenset(FILES_SCHEMA.names) | frozenset(PLAN_SCHEMA.names)
 
 STATUSES = ("ok", "no_speech", "failed")
 
@@ -75,13 +130,25 @@ STATUSES = ("ok", "no_speech", "failed")
 DICTIONARY_COLUMNS = ["unit_id", "uri", "language", "status", "error_type", "node", "model", "compute_type"]
 
 
-def segments_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA)
+def plan_rows(units: pa.Table) -> list[PlanRow]:
+    """The plan's own columns of `units` as rows (manifest columns left out)."""
+    names = [n for n in PLAN_SCHEMA.names if n in units.column_names]
+    return [PlanRow(**r) for r in units.select(names).to_pylist()]
 
 
-def files_table(rows: list[dict[str, Any]], extra: pa.Table | None = None) -> pa.Table:
+def manifest_columns(units: pa.Table) -> pa.Table | None:
+    """The columns of plan rows `units` that came from a manifest, or None."""
+    extra = units.drop_columns([c for c in units.column_names if c in PLAN_SCHEMA.names])
+    return extra if extra.num_columns else None
+
+
+def segments_table(rows: Iterable[SegmentRow]) -> pa.Table:
+    return pa.Table.from_pylist([vars(r) for r in rows], schema=SEGMENTS_SCHEMA)
+
+
+def files_table(rows: Sequence[FileRow], extra: pa.Table | None = None) -> pa.Table:
     """The `files` rows, followed by the manifest columns of `extra` (same row order)."""
-    table = pa.Table.from_pylist(rows, schema=FILES_SCHEMA)
+    table = pa.Table.from_pylist([vars(r) for r in rows], schema=FILES_SCHEMA)
     if extra is not None:
         for name in extra.column_names:
             table = table.append_column(extra.schema.field(name), extra.column(name))

@@ -32,6 +32,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.records import CommitMarker, JobRecord, Part, RunRecord
 from pipeline.retry import retry
 from pipeline.schema import DICTIONARY_COLUMNS
 
@@ -151,11 +152,12 @@ class OutputStore:
 
     # -- job and plan --------------------------------------------------------------
 
-    def read_job(self) -> dict[str, Any] | None:
-        return self.read_json(self.path("job.json"))
+    def read_job(self) -> JobRecord | None:
+        data = self.read_json(self.path("job.json"))
+        return None if data is None else JobRecord.from_json(data)
 
-    def write_job(self, job: dict[str, Any]) -> None:
-        self.write_json(self.path("job.json"), job)
+    def write_job(self, job: JobRecord) -> None:
+        self.write_json(self.path("job.json"), job.to_json())
 
     def plan_parts(self) -> list[str]:
         return [p for p in self.glob(self.path("_plan", "part-*.parquet")) if _PART_RE.search(p)]
@@ -186,14 +188,16 @@ class OutputStore:
 
     # -- shards --------------------------------------------------------------------
 
-    def write_part(self, table_name: str, shard: int, table: pa.Table) -> dict[str, Any]:
+    def write_part(self, table_name: str, shard: int, table: pa.Table) -> Part:
         """Write one shard's part of `table_name`; returns what the marker records of it."""
         data = parquet_bytes(table)
         self.write_bytes(self.part_path(table_name, shard), data)
-        return {"rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return Part(rows=table.num_rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
-    def commit(self, shard: int, marker: dict[str, Any]) -> bool:
-        created = self.create_only(self.marker_path(shard), json.dumps(marker, indent=2, sort_keys=True).encode())
+    def commit(self, shard: int, marker: CommitMarker) -> bool:
+        """Create the marker of `shard`; False if an earlier attempt's is there already."""
+        blob = json.dumps(marker.to_json(), indent=2, sort_keys=True).encode()
+        created = self.create_only(self.marker_path(shard), blob)
         if not created:
             logger.info("shard %06d was already committed by an earlier attempt; this one is dropped", shard)
         return created
@@ -210,10 +214,15 @@ class OutputStore:
                 found.add(int(m.group(1)))
         return found
 
-    def read_marker(self, shard: int) -> dict[str, Any] | None:
-        return self.read_json(self.marker_path(shard))
+    def replace_marker(self, shard: int, marker: CommitMarker) -> None:
+        """Overwrite the marker of a committed shard (`retry-failed`, under the lease)."""
+        self.write_json(self.marker_path(shard), marker.to_json())
 
-    def markers(self) -> list[dict[str, Any]]:
+    def read_marker(self, shard: int) -> CommitMarker | None:
+        data = self.read_json(self.marker_path(shard))
+        return None if data is None else CommitMarker.from_json(data)
+
+    def markers(self) -> list[CommitMarker]:
         return [m for s in sorted(self.committed()) if (m := self.read_marker(s)) is not None]
 
     def next_attempt(self, shard: int, by: dict[str, Any] | None = None) -> int:
@@ -228,12 +237,12 @@ class OutputStore:
 
     # -- runs ----------------------------------------------------------------------
 
-    def write_run(self, record: dict[str, Any]) -> None:
-        name = f"{record['started_at'].replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:8]}.json"
-        self.write_json(self.path("_runs", name), record)
+    def write_run(self, record: RunRecord) -> None:
+        name = f"{record.started_at.replace(':', '').replace('-', '')}-{uuid.uuid4().hex[:8]}.json"
+        self.write_json(self.path("_runs", name), record.to_json())
 
-    def runs(self) -> list[dict[str, Any]]:
-        return [r for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
+    def runs(self) -> list[RunRecord]:
+        return [RunRecord.from_json(r) for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
 
 
 def strict_listing(fs: fsspec.AbstractFileSystem, method: str, path: str, **kwargs):

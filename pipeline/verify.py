@@ -65,7 +65,7 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
 
     files_parts, segment_parts = [], []
     for shard in sorted(committed & planned_shards):
-        marker = store.read_marker(shard) or {}
+        marker = store.read_marker(shard)
         for table in TABLES:
             path = store.part_path(table, shard)
             try:
@@ -73,12 +73,15 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
             except FileNotFoundError:
                 v.problems.append(f"shard {shard}: marker exists but {table} part is missing")
                 continue
-            expected = marker.get("parts", {}).get(table, {})
-            if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+            expected = marker.parts.get(table) if marker is not None else None
+            if expected is None:
+                v.problems.append(f"shard {shard}: its marker does not record the {table} part")
+                continue
+            if hashlib.sha256(data).hexdigest() != expected.sha256:
                 v.problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
             part = pq.read_table(pa.BufferReader(data))
-            if part.num_rows != expected.get("rows"):
-                v.problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.get('rows')}")
+            if part.num_rows != expected.rows:
+                v.problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.rows}")
             (files_parts if table == "files" else segment_parts).append(part)
 
     for table in TABLES:

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline import inputs, plan
-from pipeline.actor import WorkerConfig, process_shard
-from pipeline.config import WhisperOptions
+from pipeline.actor import process_shard
+from pipeline.config import WhisperOptions, WorkerConfig
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from pipeline.store import OutputStore
 from pipeline.transcriber import Segment, Transcript
@@ -64,8 +64,8 @@ def test_a_shard_with_good_and_bad_files(tmp_path, speech_dir, transcriber, conf
     marker = store.read_marker(0)
     for table in ("segments", "files"):
         data = store.fs.cat_file(store.part_path(table, 0))
-        assert marker["parts"][table]["sha256"] == hashlib.sha256(data).hexdigest()
-    assert marker["statuses"] == {"ok": 2, "no_speech": 1, "failed": 3}
+        assert marker.parts[table].sha256 == hashlib.sha256(data).hexdigest()
+    assert marker.statuses == {"ok": 2, "no_speech": 1, "failed": 3}
 
 
 def _files_from_manifest(manifest, text, transcriber, config) -> pa.Table:

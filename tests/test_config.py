@@ -77,3 +77,12 @@ def test_the_pool_is_elastic_unless_actors_are_given():
     fixed = ActorOptions(actors=3).pool(cpus=64, shards=10)
     assert fixed == PoolSize(3, 3, 3) and not fixed.elastic
     assert ActorOptions(actors=3).pool(cpus=64, shards=2) == PoolSize(2, 2, 2)
+
+
+def test_importing_the_package_loads_neither_pyarrow_nor_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline; print(sorted(m for m in ('pyarrow', 'ray', 'duckdb') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

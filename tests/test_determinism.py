@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import actor, inputs
-from pipeline.actor import WorkerConfig, transcribe_units
+from pipeline import inputs, units as units_module
+from pipeline.config import WorkerConfig
+from pipeline.schema import PlanRow
+from pipeline.units import transcribe_units
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +29,16 @@ FILES = [
 ]
 
 
-def _units(paths) -> list[dict]:
+def _units(paths) -> list[PlanRow]:
     table = inputs.expand([str(p) for p in paths])
-    rows = table.to_pylist()
-    for row in rows:
-        row.update(est_audio_s=10.0, start_s=0.0, end_s=None)
-    return rows
+    return [PlanRow(shard=0, unit_id=r["unit_id"], uri=r["uri"], size_bytes=r["size_bytes"], est_audio_s=10.0,
+                    start_s=0.0, end_s=None) for r in table.to_pylist()]
 
 
 def _texts(units, transcriber, config) -> dict[str, tuple]:
     found = {}
-    for row, segments in transcribe_units(units, 0, transcriber, config, attempt=1, node="n"):
-        found[row["uri"]] = (row["status"], tuple(row["flags"]), tuple((s["start"], s["end"], s["text"]) for s in segments))
+    for row, segments in transcribe_units(units, transcriber, config, attempt=1, node="n"):
+        found[row.uri] = (row.status, tuple(row.flags), tuple((s.start, s.end, s.text) for s in segments))
     return found
 
 
@@ -54,21 +54,21 @@ def test_order_threads_and_decoding_delays_change_no_transcript(tiny_model, monk
     assert one_thread.resampled >= 2, "no file fell back to sampling: the test would show nothing"
 
     rng = random.Random(7)
-    decode = actor.decode_unit
+    decode = units_module.decode_window
 
     def late_decode(*args, **kwargs):
         # Decoding ahead finishes at random moments relative to transcription.
         time.sleep(rng.choice([0.0, 0.0, 0.05, 0.3]))
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(actor, "decode_unit", late_decode)
+    monkeypatch.setattr(units_module, "decode_window", late_decode)
     two_threads = Transcriber(tiny_model.path, config.whisper, cpu_threads=2)
     for transcriber in (two_threads, one_thread):
         shuffled = units[:]
         rng.shuffle(shuffled)
         assert _texts(shuffled, transcriber, config) == reference
     # Alone, after the others, a file that falls back still reads the same.
-    assert _texts(units[:1], one_thread, config)[units[0]["uri"]] == reference[units[0]["uri"]]
+    assert _texts(units[:1], one_thread, config)[units[0].uri] == reference[units[0].uri]
 
 
 def test_actors_of_any_size_write_what_one_process_transcribes(ray_cluster, tmp_path, tiny_model):

@@ -146,8 +146,8 @@ def test_driver_killed_mid_run_then_resumed(corpus, reference, tmp_path):
 
     summary = summarize(OutputStore(str(out)))
     runs = OutputStore(str(out)).runs()
-    assert len(runs) == 1 and summary.run_audio_s == runs[0]["audio_s"] < summary.audio_s
-    assert summary.rtfx == runs[0]["audio_s"] / runs[0]["wall_s"]
+    assert len(runs) == 1 and summary.run_audio_s == runs[0].audio_s < summary.audio_s
+    assert summary.rtfx == runs[0].audio_s / runs[0].wall_s
 
 
 def test_transient_storage_errors_are_retried(corpus, reference, tmp_path):

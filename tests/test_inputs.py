@@ -77,9 +77,10 @@ def test_manifest_without_uri_column_is_refused(tmp_path):
 
 def test_manifest_column_with_a_reserved_name_is_renamed(tmp_path, speech_dir):
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"uri,language,status\n{speech_dir / 'misc' / 'jfk.flac'},en,draft\n")
+    manifest.write_text(f"uri,language,status,flags,split\n{speech_dir / 'misc' / 'jfk.flac'},en,draft,x,y\n")
     units = inputs.expand([str(manifest)])
-    assert {"manifest_language", "manifest_status"} <= set(units.column_names)
+    assert {"manifest_language", "manifest_status", "manifest_flags", "manifest_split"} <= set(units.column_names)
+    assert not {"language", "status", "flags", "split"} & set(units.column_names)
 
 
 def test_memory_filesystem_urls(speech_dir):

@@ -1,6 +1,7 @@
 import pyarrow as pa
 
 from pipeline import inputs, plan
+from pipeline.schema import UNIT_SCHEMA
 
 
 def _units(sizes):
@@ -8,7 +9,7 @@ def _units(sizes):
     return pa.table(
         {"unit_id": [inputs.unit_id(u) for u in uris], "uri": uris, "size_bytes": sizes,
          "start_s": [0.0] * len(uris), "end_s": [None] * len(uris)},
-        schema=inputs.UNIT_SCHEMA,
+        schema=UNIT_SCHEMA,
     )
 
 
@@ -47,7 +48,7 @@ def test_size_estimates_by_container():
 def test_units_are_grouped_by_shard_in_one_pass_keeping_their_order():
     import pyarrow as pa
 
-    from pipeline.run import group_by_shard
+    from pipeline.plan import group_by_shard
 
     planned = pa.table({"shard": pa.array([0, 0, 1, 2, 2, 2, 1, 3], pa.int32()),
                         "unit_id": list("abcdefgh")})

@@ -186,7 +186,7 @@ def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, 
 
 
 def test_the_progress_total_stays_put_and_ends_full():
-    from pipeline.actor import ShardResult
+    from pipeline.commit import ShardResult
     from pipeline.run import Progress
 
     planned = {0: 600.0, 1: 600.0, 2: 1200.0}  # estimates from file sizes

@@ -3,7 +3,12 @@ import threading
 
 import pyarrow as pa
 
+from pipeline.records import CommitMarker
 from pipeline.store import OutputStore
+
+
+def _marker(shard: int, node: str) -> CommitMarker:
+    return CommitMarker(shard=shard, attempt=1, node=node, parts={}, units=0, statuses={}, audio_s=0.0, wall_s=0.0)
 
 
 def test_parts_are_replaced_atomically_and_leave_no_temporary_files(tmp_path):
@@ -13,7 +18,7 @@ def test_parts_are_replaced_atomically_and_leave_no_temporary_files(tmp_path):
     files = os.listdir(tmp_path / "out" / "segments")
     assert files == ["part-000007.parquet"]
     assert store.read_parquet(store.part_path("segments", 7)).column("x").to_pylist() == [3]
-    assert info1["sha256"] != info2["sha256"] and info2["rows"] == 1
+    assert info1.sha256 != info2.sha256 and info2.rows == 1
 
 
 def test_commit_is_create_only_and_the_first_writer_wins(tmp_path):
@@ -21,7 +26,7 @@ def test_commit_is_create_only_and_the_first_writer_wins(tmp_path):
     outcomes = []
 
     def commit(i):
-        outcomes.append((i, store.commit(3, {"writer": i})))
+        outcomes.append((i, store.commit(3, _marker(3, f"writer-{i}"))))
 
     threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
     for t in threads:
@@ -30,7 +35,7 @@ def test_commit_is_create_only_and_the_first_writer_wins(tmp_path):
         t.join()
     winners = [i for i, created in outcomes if created]
     assert len(winners) == 1
-    assert store.read_marker(3) == {"writer": winners[0]}
+    assert store.read_marker(3) == _marker(3, f"writer-{winners[0]}")
     assert store.committed() == {3}
     assert os.listdir(tmp_path / "out" / "_commits") == ["000003.json"]
 
@@ -53,8 +58,9 @@ def test_attempts_count_up(tmp_path):
 def test_memory_store_round_trip():
     store = OutputStore("memory://bucket/out")
     store.write_part("files", 0, pa.table({"x": [1]}))
-    assert store.commit(0, {"ok": True}) is True
-    assert store.commit(0, {"ok": False}) is False
+    assert store.commit(0, _marker(0, "first")) is True
+    assert store.commit(0, _marker(0, "second")) is False
+    assert store.read_marker(0).node == "first"
     assert store.committed() == {0}
     assert store.uri("segments") == "memory:///bucket/out/segments"
 
@@ -74,3 +80,16 @@ def test_a_plan_part_is_created_only_once(tmp_path, monkeypatch):
         store.append_plan(pa.table({"shard": pa.array([0], pa.int32()), "uri": ["b.wav"]}))
     monkeypatch.undo()
     assert store.read_plan().column("uri").to_pylist() == ["a.wav"]
+
+
+def test_records_read_what_older_and_newer_versions_wrote(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    # An older marker lacks the optional fields; a newer one has a field this version does not know.
+    store.write_json(store.marker_path(1), {"shard": 1, "attempt": 2, "node": "n", "units": 3, "audio_s": 4.0,
+                                            "wall_s": 5.0, "statuses": {"ok": 3},
+                                            "parts": {"files": {"rows": 3, "bytes": 10, "sha256": "ab"}},
+                                            "from_the_future": True})
+    marker = store.read_marker(1)
+    assert (marker.count("ok"), marker.count("failed"), marker.decode_warnings, marker.lease) == (3, 0, 0, None)
+    assert marker.parts["files"].rows == 3
+    assert CommitMarker.from_json(marker.to_json()) == marker

@@ -41,7 +41,7 @@ def _rewrite(out, table: str, shard: int, change, *, fix_marker: bool) -> None:
     marker_path = out / "_commits" / f"{shard:06d}.json"
     marker = json.loads(marker_path.read_text())
     if fix_marker:
-        marker["parts"][table] = written
+        marker["parts"][table] = written.to_json()
         marker_path.write_text(json.dumps(marker))
 
 

@@ -1,0 +1,130 @@
+"""Commit protocol of one shard: both parts first, then the marker that holds their sha256.
+
+A shard's `segments` and `files` parts are written (replacing any an interrupted attempt
+left), then its marker is created create-only (`OutputStore.commit`): the first attempt
+to commit wins, and a reader trusts parts only through a marker. Parts are written only
+while the run that sent the shard still holds the folder's lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from pipeline import lease, quality
+from pipeline.config import WorkerConfig
+from pipeline.faults import crashpoint
+from pipeline.records import CommitMarker
+from pipeline.schema import STATUSES, FileRow, SegmentRow, files_table, manifest_columns, segments_table
+from pipeline.store import OutputStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What the driver learns of one shard, for progress and the summary."""
+
+    shard: int
+    attempt: int
+    skipped: bool
+    committed: bool
+    units: int
+    ok: int
+    no_speech: int
+    failed: int
+    audio_s: float
+    wall_s: float
+    node: str
+    peak_rss_mb: float | None = None
+    # Not written: the driver's lease was taken over by another run meanwhile.
+    lease_lost: bool = False
+
+    @classmethod
+    def of(cls, marker: CommitMarker, *, skipped: bool, committed: bool = False) -> "ShardResult":
+        return cls(
+            shard=marker.shard,
+            attempt=marker.attempt,
+            skipped=skipped,
+            committed=committed,
+            units=marker.units,
+            ok=marker.count("ok"),
+            no_speech=marker.count("no_speech"),
+            failed=marker.count("failed"),
+            audio_s=marker.audio_s,
+            wall_s=marker.wall_s,
+            node=marker.node,
+            peak_rss_mb=marker.peak_rss_mb,
+        )
+
+    @classmethod
+    def not_written(cls, shard: int, attempt: int, units: int, node: str) -> "ShardResult":
+        """A shard whose parts were not written because the lease was lost."""
+        return cls(shard=shard, attempt=attempt, skipped=True, committed=False, units=units, ok=0, no_speech=0,
+                   failed=0, audio_s=0.0, wall_s=0.0, node=node, lease_lost=True)
+
+
+def may_write(store: OutputStore, config: WorkerConfig, shard: int) -> bool:
+    """Whether the run that sent this shard still holds the folder. Another run that took
+    the lease over may be writing this very shard: parts written now could replace its
+    committed ones with different timings (one read per shard; the window left is the
+    moment between this read and the writes)."""
+    if config.lease_owner is None or lease.holds(store, config.lease_owner):
+        return True
+    logger.error("the lease of %s was taken over by another run: shard %06d is not written", store.uri(), shard)
+    return False
+
+
+def write_parts(
+    shard: int,
+    units: pa.Table,
+    file_rows: list[FileRow],
+    segment_rows: list[SegmentRow],
+    store: OutputStore,
+    config: WorkerConfig,
+    attempt: int,
+    started: float,
+    node: str,
+) -> CommitMarker:
+    """Write both parts of `shard` (the `files` rows followed by the manifest columns of
+    its plan rows `units`); return the marker that commits them."""
+    parts = {
+        "segments": store.write_part("segments", shard, segments_table(segment_rows)),
+        "files": store.write_part("files", shard, files_table(file_rows, manifest_columns(units))),
+    }
+    crashpoint("after_parts_write")
+    finished = time.time()
+    return CommitMarker(
+        shard=shard,
+        attempt=attempt,
+        fingerprint=config.fingerprint,
+        node=node,
+        lease=config.lease_owner,
+        parts=parts,
+        units=len(file_rows),
+        statuses={s: sum(r.status == s for r in file_rows) for s in STATUSES},
+        flags={f: sum(f in (r.flags or ()) for r in file_rows) for f in quality.FLAGS},
+        decode_warnings=sum(r.decode_warning is not None for r in file_rows),
+        audio_s=sum(r.duration_s or 0.0 for r in file_rows),
+        decode_s=sum(r.decode_s or 0.0 for r in file_rows),
+        transcribe_s=sum(r.transcribe_s or 0.0 for r in file_rows),
+        started_at=iso(started),
+        finished_at=iso(finished),
+        wall_s=finished - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+def retry_intent_path(store: OutputStore, shard: int) -> str:
+    """`_retry/NNNNNN.json`: written before `retry-failed` rewrites a shard, removed once
+    its new marker is in place; one left behind is redone by the next `retry-failed`."""
+    return store.path("_retry", f"{shard:06d}.json")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
