@@ -102,15 +102,16 @@ class ActorOptions:
         profile = load_profile() if threads is None or actors is None else None
         if profile is None:
             chosen = cls(threads=threads or 1, actors=actors)
-            log.info("resources: %s actor(s) x %d thread(s) (%s)", chosen.actors or "one per CPU", chosen.threads,
+            log.info("resources: %s, %d thread(s) each (%s)",
+                     f"{chosen.actors} actor(s)" if chosen.actors else "one actor per CPU", chosen.threads,
                      "as asked" if threads and actors else
                      "no tuning profile for this node: defaults; `bulkscribe tune` measures it")
             return chosen
         if actors is None and embedded and threads is None:
             actors = profile.actors  # the profile measured this very node
         threads = threads or profile.threads
-        log.info("resources: %s actor(s) x %d thread(s) (tuning profile %s; --threads and --actors override it)",
-                 actors or "one per CPU /", threads, profile.source)
+        log.info("resources: %s, %d thread(s) each (tuning profile %s; --threads and --actors override it)",
+                 f"{actors} actor(s)" if actors else f"one actor per {threads} CPU(s)", threads, profile.source)
         return cls(threads=threads, actors=actors)
 
     def actors_for(self, cpus: float) -> int:

@@ -9,9 +9,12 @@ import contextlib
 import importlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Iterator
 
 from pipeline.config import JobSpec, PoolSize
+
+logger = logging.getLogger(__name__)
 
 WORKER_SETUP_ENV = "BULKSCRIBE_WORKER_SETUP"
 # Two malloc arenas, not eight per core: with a decoding thread beside the model, the
@@ -38,14 +41,30 @@ def joins_cluster(spec: JobSpec) -> bool:
     return cluster_address(spec) is not None
 
 
+@dataclass(frozen=True)
+class RaySession:
+    """The Ray a job runs on: the CPUs it offers, and where it keeps its own logs."""
+
+    cpus: float
+    logs: str | None = None
+
+
 @contextlib.contextmanager
-def ray_session(spec: JobSpec) -> Iterator[float]:
-    """Yield the CPUs Ray offers: join a cluster, reuse a running Ray, or start one here."""
+def ray_session(spec: JobSpec) -> Iterator[RaySession]:
+    """Join a cluster, reuse a running Ray, or start one here; yield what it offers.
+
+    Token authentication is on unless the user's environment turns it off
+    (RAY_AUTH_MODE=disabled). Said explicitly, Ray keeps it on without printing a warning
+    on every run, and a driver that joins a cluster sends its token (without the mode
+    set, a driver joining a token cluster waits forever instead of failing).
+    Ray reads the mode when it is imported, so it is set first.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     address = cluster_address(spec)
     if ray.is_initialized():
-        yield ray.cluster_resources().get("CPU", 1.0)
+        yield RaySession(ray.cluster_resources().get("CPU", 1.0))
         return
     _quiet_ray_logs()
     runtime_env = {}
@@ -53,9 +72,9 @@ def ray_session(spec: JobSpec) -> Iterator[float]:
     if hook:
         runtime_env["worker_process_setup_hook"] = hook
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
+        context = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
     else:
-        ray.init(
+        context = ray.init(
             # "local": always a new Ray of our own, even where `ray start` runs a cluster.
             address="local",
             num_cpus=len(os.sched_getaffinity(0)),
@@ -64,8 +83,11 @@ def ray_session(spec: JobSpec) -> Iterator[float]:
             log_to_driver=True,
             runtime_env=runtime_env,
         )
+    session_dir = (context.address_info or {}).get("session_dir")
+    logs = os.path.join(session_dir, "logs") if session_dir else None
+    logger.debug("Ray's own logs: %s", logs)
     try:
-        yield ray.cluster_resources().get("CPU", 1.0)
+        yield RaySession(ray.cluster_resources().get("CPU", 1.0), logs)
     finally:
         ray.shutdown()
 

@@ -30,6 +30,8 @@ class Summary:
     decode_warnings: int = 0  # units whose audio decoded shorter than announced, or with errors
     shards_ran: int | None = None
     shards_skipped: int | None = None
+    # Where this run's Ray kept its own logs (workers' output, Ray's warnings).
+    ray_logs: str | None = None
 
     @property
     def rtfx(self) -> float | None:
@@ -118,6 +120,8 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
         counts = ", ".join(f"{n} {flag}" for flag, n in s.flags.items())
         lines.append(f"flagged: {counts} (doubtful transcripts: README, \"Doubtful transcripts\"; list them with "
                      f"bulkscribe query {s.output} \"select uri, flags from files where len(flags) > 0\")")
+    if this_run and s.ray_logs:
+        lines.append(f"ray logs: {s.ray_logs}")
     glob = f"{s.output.rstrip('/')}/segments/*.parquet"
     lines.append(
         "query:   python -c \"import duckdb; print(duckdb.sql("

@@ -22,7 +22,7 @@ from pipeline.commit import ShardResult, iso, retry_intent_path
 from pipeline.dispatch import run_shards, units_to_ipc
 from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, WorkerConfig, fingerprint,
                              fingerprint_fields)
-from pipeline.ray_session import actor_env, autoscaler_request, joins_cluster, ray_session, run_setup_hook
+from pipeline.ray_session import RaySession, actor_env, autoscaler_request, joins_cluster, ray_session, run_setup_hook
 from pipeline.records import JobRecord, RunRecord
 from pipeline.report import Summary, format_summary, summarize
 from pipeline.store import OutputStore
@@ -78,13 +78,13 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         check_fingerprint(job, fields)
     results: list[ShardResult] = []
     with contextlib.ExitStack() as stack:
-        cpus: list[float] = []
+        sessions: list[RaySession] = []
 
         def cluster_cpus() -> float:
             # Ray starts (or is joined) only when there is work: a finished job reruns in a second.
-            if not cpus:
-                cpus.append(stack.enter_context(ray_session(spec)))
-            return cpus[0]
+            if not sessions:
+                sessions.append(stack.enter_context(ray_session(spec)))
+            return sessions[0].cpus
 
         if job is None:
             total_s = sum(plan.estimates(units))
@@ -104,7 +104,8 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress,
                                lease=lease, autoscale=joins_cluster(spec))
-    return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease)
+    return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease,
+                       sessions[0].logs if sessions else None)
 
 
 def check_fingerprint(job: JobRecord, fields: dict[str, Any]) -> None:
@@ -200,12 +201,12 @@ def retry_failed(
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
             config = _worker_config(spec, model_sha, job.fingerprint, language_check_model(spec, model), lease)
-            with ray_session(spec) as cpus:
-                results = _execute(store.read_plan(), shards, config, actors.pool(cpus, len(shards)), progress,
-                                   mode="retry", lease=lease, autoscale=joins_cluster(spec))
-        else:
-            logger.info("no failed units to retry")
-        return _finish_run(store, started, results, len(shards), 0, lease)
+            with ray_session(spec) as session:
+                results = _execute(store.read_plan(), shards, config, actors.pool(session.cpus, len(shards)),
+                                   progress, mode="retry", lease=lease, autoscale=joins_cluster(spec))
+            return _finish_run(store, started, results, len(shards), 0, lease, session.logs)
+        logger.info("no failed units to retry")
+        return _finish_run(store, started, results, 0, 0, lease)
 
 
 def language_check_model(spec: JobSpec, model: models.ResolvedModel) -> str | None:
@@ -238,7 +239,7 @@ def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str, langu
 
 
 def _finish_run(store: OutputStore, started: float, results: list[ShardResult], ran: int, skipped: int,
-                lease: Lease) -> Summary:
+                lease: Lease, ray_logs: str | None = None) -> Summary:
     """Record this run in `_runs/` and summarise the folder."""
     wall_s = time.time() - started
     lease.check()
@@ -257,6 +258,7 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
     )
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s)
     summary.shards_ran, summary.shards_skipped = ran, skipped
+    summary.ray_logs = ray_logs
     return summary
 
 

@@ -50,6 +50,19 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    """The table in Parquet `data`, read from a copy that Arrow owns.
+
+    Arrow's reader threads may drop the last reference to the buffer after `read_table`
+    has returned. Were it the Python `bytes`, that thread would take the GIL to release
+    it, and at interpreter exit that aborts the process (SIGABRT, a C++ stack trace
+    through PyBuffer::~PyBuffer and take_gil, seen at the end of runs and retries).
+    """
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.read_table(pa.BufferReader(sink.getvalue()))
+
+
 class PlanConflictError(RuntimeError):
     """Another run wrote a plan part at the same time."""
 
@@ -184,7 +197,7 @@ class OutputStore:
         return retry(lambda: self.fs.cat_file(path), f"read {path}")
 
     def read_parquet(self, path: str) -> pa.Table:
-        return pq.read_table(pa.BufferReader(self.read_bytes(path)))
+        return read_parquet_bytes(self.read_bytes(path))
 
     # -- shards --------------------------------------------------------------------
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.store import TABLES, OutputStore
+from pipeline.store import TABLES, OutputStore, read_parquet_bytes
 
 
 @dataclass
@@ -79,7 +78,7 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
                 continue
             if hashlib.sha256(data).hexdigest() != expected.sha256:
                 v.problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
-            part = pq.read_table(pa.BufferReader(data))
+            part = read_parquet_bytes(data)
             if part.num_rows != expected.rows:
                 v.problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.rows}")
             (files_parts if table == "files" else segment_parts).append(part)

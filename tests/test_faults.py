@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -192,11 +194,16 @@ def test_second_run_into_a_live_folder_is_refused_and_ray_stays_private(corpus, 
     wait_until(lambda: (out / "_lease.json").exists() and markers_in(out) >= 1, what="the first run at work")
     # The embedded Ray's dashboard listens on loopback only (7F000001 is 127.0.0.1).
     assert listening(8265) and all(addr == "0100007F" for addr in listening(8265))
+    # Token authentication is on (Ray 2.60's default, kept): no token, no answer.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen("http://127.0.0.1:8265/api/jobs/", timeout=30)
+    assert refused.value.code == 401
     code, _, stderr = finish(start(corpus, out))
     assert code == 2 and "is in use by another bulkscribe run" in stderr and "Traceback" not in stderr
     code, stdout, stderr = finish(first)
     assert code == 0, stderr[-3000:]
-    assert "Token authentication is enabled" in stderr  # Ray 2.60's default, left on
+    assert "Token authentication" not in stderr  # on, and said explicitly: Ray has nothing to warn about
+    assert "ray logs: /" in stdout  # where Ray's own output went
     assert not (out / "_lease.json").exists()
     # Storage options may hold credentials: they reach no file of the folder and no log line.
     assert secret not in stdout + stderr
