@@ -10,7 +10,10 @@ Then the dispatch overhead alone: shards that do nothing, handed to 2 actors by
 `pipeline.dispatch` and by Ray Data (`from_items(...).map_batches(...)` with one block per
 shard, as bulkscribe did before), side by side in one run.
 
-    python bench/scale.py [--files 10000,100000] [--shards 2000]
+Last, `status` (`report.summarize`) on a finished folder of synthetic commit markers,
+reading every marker and reading the marker index, with the storage requests of each.
+
+    python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
 """
 
 from __future__ import annotations
@@ -149,11 +152,63 @@ def dispatch_overhead(shards: int) -> dict[str, float]:
     return seconds
 
 
+def status_reads(shards: int) -> None:
+    """`bulkscribe status` on a finished folder of `shards` synthetic markers: time and
+    storage requests (reads and listings, what an object store bills), without the
+    marker index and with it."""
+    import pyarrow as pa
+
+    from pipeline.records import CommitMarker, JobRecord, Part
+    from pipeline.report import summarize
+    from pipeline.store import OutputStore
+
+    folder = WORK / f"status-{shards}"
+    store = OutputStore(str(folder))
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        store.write_job(JobRecord(output=str(folder), created_at="", spec={}, fingerprint="f", fingerprint_fields={},
+                                  model={}, shard_audio_s=60.0))
+        part = Part(rows=10, bytes=1000, sha256="0" * 64)
+        for shard in range(shards):
+            store.commit(shard, CommitMarker(shard=shard, attempt=1, node="n", parts={"segments": part, "files": part},
+                                             units=10, statuses={"ok": 10}, audio_s=600.0, wall_s=30.0))
+        store.append_plan(pa.table({"shard": pa.array(np.repeat(np.arange(shards), 10), pa.int32()),
+                                    "unit_id": [f"u{i}" for i in range(shards * 10)]}))
+        (folder / "done").write_text("")
+    store.delete(store.index_path())
+    print(f"status on {shards:,} committed shards (local disk; the requests carry over to S3, where a "
+          f"listing costs one request per 1,000 keys)")
+    for side in ("markers one by one", "marker index"):
+        if side == "marker index":
+            store.write_index(store.markers())
+        counted = OutputStore(str(folder))
+        calls = {"reads": 0, "listings": 0}
+        read_bytes, glob = counted.read_bytes, counted.glob
+
+        def counting_read(path, _read=read_bytes):
+            calls["reads"] += 1
+            return _read(path)
+
+        def counting_glob(pattern, _glob=glob):
+            calls["listings"] += 1
+            return _glob(pattern)
+
+        counted.read_bytes, counted.glob = counting_read, counting_glob
+        started = time.perf_counter()
+        summary = summarize(counted)
+        wall = time.perf_counter() - started
+        assert summary.shards_committed == shards
+        print(f"  {side:<22} {wall:6.1f} s  {calls['reads']:>7,} reads  {calls['listings']:>3} listings")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", default="10000,100000", help="archive sizes, comma-separated")
     parser.add_argument("--shards", type=int, default=2000, help="shards for the dispatch overhead (0: skip it)")
+    parser.add_argument("--status", default="10000", help="committed shards for `status`, comma-separated (empty: skip)")
     args = parser.parse_args()
+    for shards in [int(n) for n in args.status.split(",") if n]:
+        status_reads(shards)
     print("time to the first shard (embedded Ray, 10 files per shard)")
     for files in [int(n) for n in args.files.split(",") if n]:
         first, peak = time_to_first_shard(files)

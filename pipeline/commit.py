@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -99,6 +100,7 @@ def write_parts(
     }
     crashpoint("after_parts_write")
     finished = time.time()
+    failed = [r for r in file_rows if r.status == "failed"]
     return CommitMarker(
         shard=shard,
         attempt=attempt,
@@ -109,6 +111,8 @@ def write_parts(
         units=len(file_rows),
         statuses={s: sum(r.status == s for r in file_rows) for s in STATUSES},
         flags={f: sum(f in (r.flags or ()) for r in file_rows) for f in quality.FLAGS},
+        errors=dict(Counter(r.error_type for r in failed)),
+        error_examples={r.error_type: f"{r.uri}: {r.error_message}" for r in reversed(failed)},
         decode_warnings=sum(r.decode_warning is not None for r in file_rows),
         audio_s=sum(r.duration_s or 0.0 for r in file_rows),
         decode_s=sum(r.decode_s or 0.0 for r in file_rows),

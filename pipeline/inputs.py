@@ -32,6 +32,8 @@ AUDIO_EXTENSIONS = frozenset(
 )
 MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".parquet", ".txt"})
 URI_COLUMNS = ("uri", "path")
+# A manifest column of file sizes in bytes: rows that have one are not stat'ed.
+SIZE_COLUMN = "size_bytes"
 _GLOB_CHARS = frozenset("*?[")
 _STAT_THREADS = 16
 
@@ -180,11 +182,17 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
         raise InputError(f"manifest {canonical_uri(fs, path)}: row {bad + 1} has an empty {column!r}")
     base = posixpath.dirname(path)
     targets = [_manifest_target(fs, base, v.strip()) for v in raw]
+    # Sizes the manifest gives are taken as they are: on an object store each other row
+    # costs a HEAD request (99 s for 10^4 S3 URLs, measured on a loopback server).
+    given = ([None if v is None else int(v) for v in table.column(SIZE_COLUMN).to_pylist()]
+             if SIZE_COLUMN in table.column_names else [None] * len(targets))
+    unknown = [i for i, size in enumerate(given) if size is None]
     with ThreadPoolExecutor(_STAT_THREADS) as pool:
-        sizes = list(pool.map(_size_or_none, targets))
-    units = _units_table([uri for _, _, uri in targets], sizes)
+        for i, size in zip(unknown, pool.map(_size_or_none, [targets[i] for i in unknown])):
+            given[i] = size
+    units = _units_table([uri for _, _, uri in targets], given)
     for name in table.column_names:
-        if name == column:
+        if name in (column, SIZE_COLUMN):
             continue
         out_name = f"manifest_{name}" if name in RESERVED_COLUMNS else name
         if out_name != name:

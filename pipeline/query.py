@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
+from pipeline.schema import PLAN_SCHEMA, SEGMENTS_SCHEMA, files_schema
 from pipeline.store import OutputStore
 
 VIEWS = ("segments", "files", "plan")
@@ -60,20 +60,21 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Outp
     if store.read_job() is None:
         raise FileNotFoundError(f"{url} holds no bulkscribe job (no job.json)")
     committed = sorted(store.committed())
+    plan_parts = store.plan_parts()
+    # Manifest columns may differ between plan appends: unify the plan parts' schemas (a
+    # few footers). The files parts' schema follows from it, so that none of them is
+    # opened before a query reads it (10^5 parts would be 10^5 reads).
+    plan_schema = (pa.unify_schemas([ds.dataset(p, filesystem=store.fs, format="parquet").schema for p in plan_parts],
+                                    promote_options="permissive") if plan_parts else PLAN_SCHEMA)
     return Output(
         store=store,
         segments=_dataset(store, [store.part_path("segments", s) for s in committed], SEGMENTS_SCHEMA),
-        files=_dataset(store, [store.part_path("files", s) for s in committed], None),
-        plan=_dataset(store, store.plan_parts(), None),
+        files=_dataset(store, [store.part_path("files", s) for s in committed], files_schema(plan_schema)),
+        plan=_dataset(store, plan_parts, plan_schema),
     )
 
 
-def _dataset(store: OutputStore, paths: list[str], schema: pa.Schema | None) -> ds.Dataset:
+def _dataset(store: OutputStore, paths: list[str], schema: pa.Schema) -> ds.Dataset:
     if not paths:
-        empty = schema if schema is not None else FILES_SCHEMA
-        return ds.dataset(empty.empty_table())
-    # Manifest columns may differ between plan appends: unify the part schemas by name.
-    if schema is None:
-        schemas = [ds.dataset(p, filesystem=store.fs, format="parquet").schema for p in paths]
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        return ds.dataset(schema.empty_table())
     return ds.dataset(paths, schema=schema, filesystem=store.fs, format="parquet")

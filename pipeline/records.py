@@ -73,6 +73,10 @@ class CommitMarker(_Record):
     # The lease of the run that wrote the shard (pipeline.lease).
     lease: str | None = None
     flags: dict[str, int] = field(default_factory=dict)
+    # Failed units per error_type, and one "uri: message" of each type (for `status`
+    # without reading parts); empty in markers written before these fields existed.
+    errors: dict[str, int] = field(default_factory=dict)
+    error_examples: dict[str, str] = field(default_factory=dict)
     decode_warnings: int = 0
     decode_s: float = 0.0
     transcribe_s: float = 0.0

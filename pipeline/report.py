@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 
 from pipeline.quality import FLAGS
+from pipeline.records import CommitMarker
 from pipeline.schema import STATUSES
 from pipeline.store import OutputStore
 
@@ -44,11 +45,13 @@ class Summary:
         return self.shards_committed == self.shards_planned
 
 
-def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float | None = None) -> Summary:
+def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float | None = None,
+              markers: list[CommitMarker] | None = None) -> Summary:
     """Counts over committed shards. `audio_s`/`wall_s`: what one run transcribed and its
-    wall time; by default the totals of the runs that recorded themselves."""
+    wall time; by default the totals of the runs that recorded themselves. `markers`:
+    the folder's markers, if the caller has just read them."""
     plan = store.read_plan()
-    markers = store.markers()
+    markers = store.markers() if markers is None else markers
     statuses = {s: sum(m.count(s) for m in markers) for s in STATUSES}
     runs = store.runs()
     summary = Summary(
@@ -68,13 +71,19 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
         decode_warnings=sum(m.decode_warnings for m in markers),
     )
     if summary.failed:
-        summary.failures = _failures(store, [m.shard for m in markers if m.count("failed")])
+        summary.failures = _failures(store, [m for m in markers if m.count("failed")])
     return summary
 
 
-def _failures(store: OutputStore, shards: list[int]) -> dict[str, tuple[int, str]]:
+def _failures(store: OutputStore, markers: list[CommitMarker]) -> dict[str, tuple[int, str]]:
+    """error_type -> (failed units, an example), most frequent first: from the markers,
+    or from the `files` part of a shard whose marker predates error counts."""
     found: dict[str, tuple[int, str]] = {}
-    for shard in shards:
+    for marker in markers:
+        for kind, count in marker.errors.items():
+            total, example = found.get(kind, (0, marker.error_examples.get(kind, "")))
+            found[kind] = (total + count, example)
+    for shard in [m.shard for m in markers if not m.errors]:
         files = store.read_parquet(store.part_path("files", shard))
         failed = files.filter(pc.equal(files.column("status"), "failed"))
         for kind, uri, message in zip(

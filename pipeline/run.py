@@ -101,6 +101,10 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
         )
         if pending:
+            # A pending shard in the index lost its marker (deleted by hand): it is
+            # about to get a new one, which the index must not hide.
+            lease.check()
+            store.unindex(pending)
             config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress,
                                lease=lease, autoscale=joins_cluster(spec))
@@ -193,11 +197,14 @@ def retry_failed(
                    unit_timeout_s=unit_timeout_s, language_check=job.spec.get("language_check"))
     with Lease(store, "retry-failed") as lease:
         interrupted = store.shards_in("_retry", "*.json")
-        shards = sorted({m.shard for m in store.markers() if m.count("failed")} | interrupted)
+        markers = store.markers()
+        shards = sorted({m.shard for m in markers if m.count("failed")} | interrupted)
         results: list[ShardResult] = []
         if shards:
             logger.info("retrying the failed units of %d shard(s)", len(shards))
             lease.check()
+            # Their markers are about to be replaced: the index must not keep the old ones.
+            store.unindex(shards)
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
             config = _worker_config(spec, model_sha, job.fingerprint, language_check_model(spec, model), lease)
@@ -256,7 +263,10 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
             nodes=len({r.node.split("/")[-1] for r in results if not r.skipped}),
         )
     )
-    summary = summarize(store, audio_s=audio_s, wall_s=wall_s)
+    markers = store.markers()
+    lease.check()
+    store.write_index(markers)
+    summary = summarize(store, audio_s=audio_s, wall_s=wall_s, markers=markers)
     summary.shards_ran, summary.shards_skipped = ran, skipped
     summary.ray_logs = ray_logs
     return summary

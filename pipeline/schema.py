@@ -142,6 +142,13 @@ def manifest_columns(units: pa.Table) -> pa.Table | None:
     return extra if extra.num_columns else None
 
 
+def files_schema(plan: pa.Schema) -> pa.Schema:
+    """The schema of the `files` table of a folder whose plan parts unify to `plan`: every
+    `files` column, then the plan's manifest columns (null in the parts of shards written
+    before the plan append that brought them)."""
+    return pa.schema(list(FILES_SCHEMA) + [f for f in plan if f.name not in PLAN_SCHEMA.names])
+
+
 def segments_table(rows: Iterable[SegmentRow]) -> pa.Table:
     return pa.Table.from_pylist([vars(r) for r in rows], schema=SEGMENTS_SCHEMA)
 

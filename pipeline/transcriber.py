@@ -147,18 +147,18 @@ class Transcriber:
         return self._decode(sampler, audio, temperatures, deadline)
 
     def _decode(self, model, audio: np.ndarray, temperatures: tuple[float, ...], deadline: float | None) -> Transcript:
-        o = self.options
+        options = self.options
         segments, info = model.transcribe(
             audio,
-            language=o.language,
-            task=o.task,
-            beam_size=o.beam_size,
+            language=options.language,
+            task=options.task,
+            beam_size=options.beam_size,
             temperature=list(temperatures),
             compression_ratio_threshold=COMPRESSION_RATIO_LIMIT,
             log_prob_threshold=LOGPROB_LIMIT,
             no_speech_threshold=NO_SPEECH_LIMIT,
-            vad_filter=o.vad,
-            word_timestamps=o.word_timestamps,
+            vad_filter=options.vad,
+            word_timestamps=options.word_timestamps,
         )
         # faster-whisper decodes lazily: materialise here so that every error of this
         # unit is raised inside the caller's try block, not later while writing.

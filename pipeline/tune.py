@@ -124,9 +124,9 @@ def _worker(model_path: str, whisper: dict, candidate: dict, clips: list[str], s
     transcriber = Transcriber(model_path, options, candidate["threads"])
     samples = [audio.decode(c).samples for c in clips]
     start.wait()
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     transcripts = [transcriber.transcribe(s) for s in samples]
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.put((elapsed, sum(t.duration_s for t in transcripts), peak_mb))
 
@@ -158,9 +158,9 @@ def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> d
             else:
                 os.environ[k] = v
     start.wait(timeout=300)
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     done = [results.get(timeout=600) for _ in procs]
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - started
     for p in procs:
         p.join()
     audio_s = sum(a for _, a, _ in done)

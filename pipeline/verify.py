@@ -63,8 +63,12 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
         (v.problems if require_complete else v.notes).append(f"shard {shard} is not committed")
 
     files_parts, segment_parts = [], []
+    indexed = store.indexed_markers()
     for shard in sorted(committed & planned_shards):
         marker = store.read_marker(shard)
+        if shard in indexed and indexed[shard] != marker:
+            v.problems.append(f"shard {shard}: the marker index (_index/markers.parquet) holds another marker "
+                              "than _commits/, so status would misreport it")
         for table in TABLES:
             path = store.part_path(table, shard)
             try:

@@ -90,3 +90,18 @@ def test_memory_filesystem_urls(speech_dir):
     fs.pipe("/corpus/a/jfk.flac", (speech_dir / "misc" / "jfk.flac").read_bytes())
     units = inputs.expand(["memory://corpus"])
     assert units.column("uri").to_pylist() == ["memory:///corpus/a/jfk.flac"]
+
+
+def test_sizes_a_manifest_gives_are_not_asked_of_the_storage(tmp_path, speech_dir, monkeypatch):
+    clips = [speech_dir / "misc" / "jfk.flac", speech_dir / "misc" / "LDC93S1.wav"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri,size_bytes,speaker\n{clips[0]},1234,a\n{clips[1]},,b\n")
+    asked = []
+    size_or_none = inputs._size_or_none
+    monkeypatch.setattr(inputs, "_size_or_none", lambda target: asked.append(target[2]) or size_or_none(target))
+    units = inputs.expand([str(manifest)])
+    sizes = dict(zip(units.column("uri").to_pylist(), units.column("size_bytes").to_pylist()))
+    assert sizes == {str(clips[0]): 1234, str(clips[1]): clips[1].stat().st_size}
+    assert asked == [str(clips[1])]  # only the row without a size
+    speakers = dict(zip(units.column("uri").to_pylist(), units.column("speaker").to_pylist()))
+    assert "manifest_size_bytes" not in units.column_names and speakers == {str(clips[0]): "a", str(clips[1]): "b"}

@@ -126,6 +126,12 @@ def test_a_lost_marker_reruns_only_its_shard_without_duplicates(finished):
     assert files_after.num_rows == files_before.num_rows
     rerun = [r for r in files_after.to_pylist() if r["shard"] == 1]
     assert rerun and all(r["attempts"] == 2 for r in rerun)
+    # The marker index holds the new marker, not the deleted one (verify compares them).
+    from pipeline.store import OutputStore
+    from pipeline.verify import verify
+
+    store = OutputStore(str(out))
+    assert store.indexed_markers()[1].attempt == 2 and verify(store).ok
 
 
 def test_a_changed_option_is_refused(finished):

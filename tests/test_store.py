@@ -112,3 +112,20 @@ def test_reading_parquet_never_aborts_the_process_at_exit(tmp_path):
             "tables = [store.read_parquet(store.path('part.parquet')) for _ in range(4)]\n")
     exits = [subprocess.run([sys.executable, "-c", code], capture_output=True).returncode for _ in range(24)]
     assert exits == [0] * 24
+
+
+def test_markers_come_from_the_index_and_only_shards_it_lacks_are_read(tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path / "out"))
+    for shard in range(5):
+        store.commit(shard, _marker(shard, "first"))
+    store.write_index(store.markers())
+    store.unindex([4])  # as retry-failed does before replacing its marker
+    store.commit(5, _marker(5, "later"))  # committed after the index was written
+    reads = []
+    read_marker = store.read_marker
+    monkeypatch.setattr(store, "read_marker", lambda shard: reads.append(shard) or read_marker(shard))
+    assert [m.shard for m in store.markers()] == [0, 1, 2, 3, 4, 5]
+    assert sorted(reads) == [4, 5]
+    # The markers stay the truth: one deleted by hand uncommits its shard, index or not.
+    os.unlink(store.marker_path(2))
+    assert [m.shard for m in store.markers()] == [0, 1, 3, 4, 5]

@@ -94,3 +94,14 @@ def test_an_uncommitted_shard(out):
     marker.unlink()
     assert f"shard {int(marker.stem)} is not committed" in _problems(out)
     assert verify(OutputStore(str(out)), require_complete=False).ok
+
+
+def test_a_marker_index_that_disagrees_with_the_markers(out):
+    import dataclasses
+
+    store = OutputStore(str(out))
+    markers = store.markers()
+    assert store.indexed_markers() == {m.shard: m for m in markers}  # the run wrote it
+    stale = dataclasses.replace(markers[0], statuses={"ok": 0, "no_speech": 0, "failed": markers[0].units})
+    store.write_index([stale, *markers[1:]])
+    assert f"shard {markers[0].shard}: the marker index" in _problems(out)
