@@ -180,7 +180,7 @@ def status_reads(shards: int) -> None:
           f"listing costs one request per 1,000 keys)")
     for side in ("markers one by one", "marker index"):
         if side == "marker index":
-            store.write_index(store.markers())
+            store.update_index()
         counted = OutputStore(str(folder))
         calls = {"reads": 0, "listings": 0}
         read_bytes, glob = counted.read_bytes, counted.glob

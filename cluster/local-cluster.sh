@@ -11,7 +11,8 @@
 #   cluster/local-cluster.sh stop
 #
 # Environment: BULKSCRIBE_CLUSTER_DIR (state and logs, default /tmp/bulkscribe-cluster),
-# RAY_HEAD_PORT (default 6390), RAY_DASHBOARD_PORT (default 8275). Token authentication
+# RAY_HEAD_PORT (default 6390), RAY_DASHBOARD_PORT (default 8275), RAY_NODE_PORT_BASE
+# (default 20000: node N's ports start at BASE + 1000*N). Token authentication
 # stays on: the head writes the token under ~/.ray, and nodes and clients use it.
 # `stop` ends only the nodes this script started, never another Ray on the machine.
 set -euo pipefail
@@ -19,12 +20,13 @@ set -euo pipefail
 DIR=${BULKSCRIBE_CLUSTER_DIR:-/tmp/bulkscribe-cluster}
 HEAD_PORT=${RAY_HEAD_PORT:-6390}
 DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8275}
+NODE_PORT_BASE=${RAY_NODE_PORT_BASE:-20000}
 RAY=${RAY:-ray}
 export RAY_AUTH_MODE=token
 
-# Ports of node N (0 is the head) start at 20000 + 1000*N, so nodes never collide.
+# Ports of node N (0 is the head) start at NODE_PORT_BASE + 1000*N, so nodes never collide.
 node_ports() {
-  local base=$((20000 + 1000 * $1))
+  local base=$((NODE_PORT_BASE + 1000 * $1))
   echo "--node-manager-port=$base --object-manager-port=$((base + 1)) \
 --dashboard-agent-listen-port=$((base + 2)) --dashboard-agent-grpc-port=$((base + 3)) \
 --metrics-export-port=$((base + 4)) --runtime-env-agent-port=$((base + 5)) \

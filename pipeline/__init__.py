@@ -2,7 +2,7 @@
 
 Data flow, one module each: inputs → plan (→ windows) → dispatch → actor → units (audio
 decode → transcriber → rows of schema) → commit (parts, then marker, through store) →
-report, query, search, export, verify. `run` orchestrates; `ray_session` starts or joins Ray.
+report, query, search, export, verify. `job` orchestrates (`pipeline.run` calls it); `ray_session` starts or joins Ray.
 
 `import pipeline` is light (no pyarrow, no Ray); the names below load on first use.
 """
@@ -20,8 +20,8 @@ _LAZY = {
 
 
 def run(spec: JobSpec):
-    """Run `spec`; see `pipeline.run.run`."""
-    from pipeline.run import run as _run
+    """Run `spec`; see `pipeline.job.run`."""
+    from pipeline.job import run as _run
 
     return _run(spec)
 

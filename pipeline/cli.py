@@ -175,7 +175,9 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
 
 def actor_options(args: argparse.Namespace) -> ActorOptions:
     """The resource flags, filled in from this node's tuning profile where not given."""
-    return ActorOptions.for_node(args.threads, args.actors, embedded=not (args.address or os.environ.get("RAY_ADDRESS")))
+    from pipeline.ray_session import cluster_address
+
+    return ActorOptions.for_node(args.threads, args.actors, embedded=cluster_address(args.address) is None)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -185,7 +187,7 @@ def setup_logging(verbose: bool) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from pipeline.report import format_summary
-    from pipeline.run import run
+    from pipeline.job import run
 
     summary = run(spec_from_args(args))
     print(format_summary(summary, this_run=True))
@@ -293,7 +295,7 @@ def search_command(args: argparse.Namespace) -> int:
 
 def retry_failed_command(args: argparse.Namespace) -> int:
     from pipeline.report import format_summary
-    from pipeline.run import retry_failed
+    from pipeline.job import retry_failed
 
     summary = retry_failed(args.output, storage_options=dict(args.storage_option), actors=actor_options(args),
                            address=args.address, progress=args.progress, unit_timeout_s=args.unit_timeout)
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.inputs import InputError
     from pipeline.lease import LeaseHeldError, LeaseLostError
     from pipeline.models import ModelError
-    from pipeline.run import JobMismatchError
+    from pipeline.job import JobMismatchError
     from pipeline.submit import SubmitError
 
     try:

@@ -206,7 +206,7 @@ DEFAULT_TIMEOUT_PER_AUDIO_S = 10.0
 @dataclass(frozen=True)
 class WorkerConfig:
     """What every actor needs to transcribe and write shards; built once on the driver
-    from the job (`pipeline.run`)."""
+    from the job (`pipeline.job`)."""
 
     output: str
     whisper: WhisperOptions

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipeline.retry import retry
 from pipeline.schema import RESERVED_COLUMNS, UNIT_SCHEMA
-from pipeline.store import strict_listing
+from pipeline.store import PARALLEL_REQUESTS, strict_listing
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ URI_COLUMNS = ("uri", "path")
 # A manifest column of file sizes in bytes: rows that have one are not stat'ed.
 SIZE_COLUMN = "size_bytes"
 _GLOB_CHARS = frozenset("*?[")
-_STAT_THREADS = 16
 
 
 class InputError(ValueError):
@@ -187,7 +186,7 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     given = ([None if v is None else int(v) for v in table.column(SIZE_COLUMN).to_pylist()]
              if SIZE_COLUMN in table.column_names else [None] * len(targets))
     unknown = [i for i, size in enumerate(given) if size is None]
-    with ThreadPoolExecutor(_STAT_THREADS) as pool:
+    with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
         for i, size in zip(unknown, pool.map(_size_or_none, [targets[i] for i in unknown])):
             given[i] = size
     units = _units_table([uri for _, _, uri in targets], given)

@@ -31,14 +31,14 @@ def actor_env(threads: int) -> dict[str, str]:
     return {**ACTOR_ENV, **process_env(threads)}
 
 
-def cluster_address(spec: JobSpec) -> str | None:
-    """The Ray cluster the job joins (its address, or $RAY_ADDRESS inside a Ray job); None
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster a job joins (`address`, or $RAY_ADDRESS inside a Ray job); None
     for a Ray of its own."""
-    return spec.address or os.environ.get("RAY_ADDRESS")
+    return address or os.environ.get("RAY_ADDRESS")
 
 
 def joins_cluster(spec: JobSpec) -> bool:
-    return cluster_address(spec) is not None
+    return cluster_address(spec.address) is not None
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def ray_session(spec: JobSpec) -> Iterator[RaySession]:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
-    address = cluster_address(spec)
+    address = cluster_address(spec.address)
     if ray.is_initialized():
         yield RaySession(ray.cluster_resources().get("CPU", 1.0))
         return

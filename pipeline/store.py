@@ -28,10 +28,11 @@ import posixpath
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.records import CommitMarker, JobRecord, Part, RunRecord
@@ -42,8 +43,9 @@ logger = logging.getLogger(__name__)
 
 TABLES = ("segments", "files")
 _PART_RE = re.compile(r"part-(\d{6,})\.parquet$")
-# Parallel reads of markers the index does not hold (object stores answer each in tens of ms).
-_READ_THREADS = 16
+# Storage requests made at once where many small objects are read or stat'ed (object
+# stores answer each in tens of ms): markers the index lacks, sizes of manifest rows.
+PARALLEL_REQUESTS = 16
 _SHARD_FILE_RE = re.compile(r"(\d{6,})\.(?:json|parquet)$")  # 000042.json, part-000042.parquet
 
 
@@ -54,8 +56,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_parquet_bytes(data: bytes) -> pa.Table:
-    """The table in Parquet `data`, read from a copy that Arrow owns.
+def read_parquet_bytes(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """The table in Parquet `data` (only `columns`, if named), read from a copy that Arrow owns.
 
     Arrow's reader threads may drop the last reference to the buffer after `read_table`
     has returned. Were it the Python `bytes`, that thread would take the GIL to release
@@ -64,7 +66,7 @@ def read_parquet_bytes(data: bytes) -> pa.Table:
     """
     sink = pa.BufferOutputStream()
     sink.write(data)
-    return pq.read_table(pa.BufferReader(sink.getvalue()))
+    return pq.read_table(pa.BufferReader(sink.getvalue()), columns=columns)
 
 
 class PlanConflictError(RuntimeError):
@@ -243,12 +245,18 @@ class OutputStore:
         """The marker of every committed shard, in shard order: from the marker index for
         the shards it holds, one read each (in parallel) for the others. A folder of 10^5
         shards is then read with its listing and one GET, not 10^5 GETs."""
+        return self._markers()[0]
+
+    def _markers(self) -> tuple[list[CommitMarker], bool]:
+        """`markers()`, and whether the index differs from them (lacks a committed shard,
+        or holds one whose marker is gone)."""
         committed = sorted(self.committed())
         indexed = self.indexed_markers()
         missing = [s for s in committed if s not in indexed]
-        with ThreadPoolExecutor(_READ_THREADS) as pool:
+        with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
             fetched = dict(zip(missing, pool.map(self.read_marker, missing)))
-        return [m for s in committed if (m := indexed.get(s) or fetched.get(s)) is not None]
+        markers = [m for s in committed if (m := indexed.get(s) or fetched.get(s)) is not None]
+        return markers, bool(missing) or len(indexed) != len(committed)
 
     # -- marker index --------------------------------------------------------------
 
@@ -268,6 +276,16 @@ class OutputStore:
         return {shard: CommitMarker.from_json(json.loads(blob))
                 for shard, blob in zip(table.column("shard").to_pylist(), table.column("marker").to_pylist())}
 
+    def update_index(self, before_write: Callable[[], None] = lambda: None) -> list[CommitMarker]:
+        """Every committed shard's marker (`markers()`); the index is written again only if
+        it differs from them, after `before_write` (the lease check) has passed. A rerun
+        that finds every marker indexed writes nothing."""
+        markers, stale = self._markers()
+        if stale:
+            before_write()
+            self.write_index(markers)
+        return markers
+
     def write_index(self, markers: list[CommitMarker]) -> None:
         """Make the index hold `markers` (under the lease)."""
         table = pa.table({
@@ -279,10 +297,13 @@ class OutputStore:
     def unindex(self, shards: Iterable[int]) -> None:
         """Take `shards` out of the index before their markers are replaced (`retry-failed`)
         or written anew (a shard whose marker was deleted runs again)."""
-        indexed = self.indexed_markers()
-        if set(shards) & indexed.keys():
-            left = set(shards)
-            self.write_index([m for s, m in indexed.items() if s not in left])
+        try:
+            table = self.read_parquet(self.index_path())
+        except FileNotFoundError:
+            return
+        kept = table.filter(pc.invert(pc.is_in(table.column("shard"), pa.array(list(shards), pa.int32()))))
+        if kept.num_rows < table.num_rows:
+            self.write_bytes(self.index_path(), parquet_bytes(kept))
 
     def next_attempt(self, shard: int, by: dict[str, Any] | None = None) -> int:
         """Count one more start of `shard` and return its number (1 for the first).

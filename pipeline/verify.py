@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.store import TABLES, OutputStore, read_parquet_bytes
+from pipeline.records import CommitMarker
+from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, read_parquet_bytes
+
+# The columns the checks across shards need; the text is not kept.
+_KEYS = {"files": ["unit_id", "segments"], "segments": ["unit_id", "segment"]}
 
 
 @dataclass
@@ -41,6 +46,10 @@ class Verification:
 def verify(store: OutputStore, *, require_complete: bool = True) -> Verification:
     """Read every committed part and marker of `store` and list what breaks the contract.
 
+    Shards are read in parallel (`store.PARALLEL_REQUESTS` at once) and only the key
+    columns of each part are kept once its sha256 is checked, so memory grows with the
+    number of segments, not with the text.
+
     Args:
         require_complete: report planned shards without a marker as problems (else notes).
     """
@@ -62,37 +71,21 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
     for shard in sorted(planned_shards - committed):
         (v.problems if require_complete else v.notes).append(f"shard {shard} is not committed")
 
-    files_parts, segment_parts = [], []
     indexed = store.indexed_markers()
-    for shard in sorted(committed & planned_shards):
-        marker = store.read_marker(shard)
-        if shard in indexed and indexed[shard] != marker:
-            v.problems.append(f"shard {shard}: the marker index (_index/markers.parquet) holds another marker "
-                              "than _commits/, so status would misreport it")
-        for table in TABLES:
-            path = store.part_path(table, shard)
-            try:
-                data = store.read_bytes(path)
-            except FileNotFoundError:
-                v.problems.append(f"shard {shard}: marker exists but {table} part is missing")
-                continue
-            expected = marker.parts.get(table) if marker is not None else None
-            if expected is None:
-                v.problems.append(f"shard {shard}: its marker does not record the {table} part")
-                continue
-            if hashlib.sha256(data).hexdigest() != expected.sha256:
-                v.problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
-            part = read_parquet_bytes(data)
-            if part.num_rows != expected.rows:
-                v.problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.rows}")
-            (files_parts if table == "files" else segment_parts).append(part)
+    parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
+    with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+        checked = pool.map(lambda shard: _check_shard(store, shard, indexed.get(shard)), sorted(committed & planned_shards))
+        for problems, keys in checked:
+            v.problems += problems
+            for table, key in keys.items():
+                parts[table].append(key)
 
     for table in TABLES:
         for shard in sorted(store.shards_in(table, "part-*.parquet") - committed):
             v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; a rerun replaces it)")
 
-    files = pa.concat_tables(files_parts, promote_options="permissive") if files_parts else None
-    segments = pa.concat_tables(segment_parts) if segment_parts else None
+    files = pa.concat_tables(parts["files"], promote_options="permissive") if parts["files"] else None
+    segments = pa.concat_tables(parts["segments"]) if parts["segments"] else None
     committed_units = set(
         plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id").to_pylist()
     )
@@ -115,3 +108,30 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
                 if per_unit.get(uid, 0) != (count or 0):
                     v.problems.append(f"unit {uid}: files says {count} segments, segments has {per_unit.get(uid, 0)}")
     return v
+
+
+def _check_shard(store: OutputStore, shard: int, indexed: CommitMarker | None) -> tuple[list[str], dict[str, pa.Table]]:
+    """The problems of one committed shard's marker and parts, and the key columns of its
+    parts (`_KEYS`) for the checks across shards."""
+    problems, keys = [], {}
+    marker = store.read_marker(shard)
+    if indexed is not None and indexed != marker:
+        problems.append(f"shard {shard}: the marker index (_index/markers.parquet) holds another marker "
+                        "than _commits/, so status would misreport it")
+    for table in TABLES:
+        try:
+            data = store.read_bytes(store.part_path(table, shard))
+        except FileNotFoundError:
+            problems.append(f"shard {shard}: marker exists but {table} part is missing")
+            continue
+        expected = marker.parts.get(table) if marker is not None else None
+        if expected is None:
+            problems.append(f"shard {shard}: its marker does not record the {table} part")
+            continue
+        if hashlib.sha256(data).hexdigest() != expected.sha256:
+            problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
+        part = read_parquet_bytes(data, columns=_KEYS[table])
+        if part.num_rows != expected.rows:
+            problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.rows}")
+        keys[table] = part
+    return problems, keys

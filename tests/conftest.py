@@ -110,7 +110,7 @@ def reference(corpus, tmp_path_factory) -> Path:
 def transcribed(ray_cluster, tmp_path_factory, speech_dir) -> Path:
     """A small real output folder (4 files, 3 with speech, several shards)."""
     from pipeline.config import JobSpec, WhisperOptions
-    from pipeline.run import run
+    from pipeline.job import run
 
     src = tmp_path_factory.mktemp("src")
     for rel in ("misc/jfk.flac", "misc/LDC93S1.wav", "misc/empty_noise.wav", "librispeech/61-70968-0000.flac"):

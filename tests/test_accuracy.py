@@ -22,7 +22,7 @@ def accuracy_run(ray_cluster, tmp_path_factory):
     """Every corpus item in one run, as files of one input folder; their rows by item."""
     from pipeline.config import JobSpec
     from pipeline.query import open_output
-    from pipeline.run import run
+    from pipeline.job import run
 
     root = tmp_path_factory.mktemp("accuracy")
     items = corpus.build(root / "built")

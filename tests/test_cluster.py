@@ -63,15 +63,23 @@ def test_local_cluster_script_is_valid_bash():
 
 
 class LocalCluster:
-    """`cluster/local-cluster.sh` on ports of its own, its state in a test's folder."""
+    """`cluster/local-cluster.sh` on ports of its own, its state in a test's folder.
 
-    HEAD_PORT = 6397
+    Its ports are one of `SLOTS` blocks, held with a lock for the cluster's life, so that
+    two test sessions on one machine (two checkouts, or the suite run twice at once)
+    never start clusters on the same ports.
+    """
+
+    SLOTS = 4
 
     def __init__(self, folder: Path, env: dict[str, str] | None = None):
-        self.env = {**os.environ, "BULKSCRIBE_CLUSTER_DIR": str(folder), "RAY_HEAD_PORT": str(self.HEAD_PORT),
-                    "RAY_DASHBOARD_PORT": "8297", **(env or {})}
-        self.address = f"127.0.0.1:{self.HEAD_PORT}"
-        self.dashboard = "http://127.0.0.1:8297"
+        self._slot_lock, slot = _claim_slot(self.SLOTS)
+        head_port, dashboard_port = 6400 + 10 * slot, 8300 + slot
+        self.env = {**os.environ, "BULKSCRIBE_CLUSTER_DIR": str(folder), "RAY_HEAD_PORT": str(head_port),
+                    "RAY_DASHBOARD_PORT": str(dashboard_port), "RAY_NODE_PORT_BASE": str(20000 + 4000 * slot),
+                    **(env or {})}
+        self.address = f"127.0.0.1:{head_port}"
+        self.dashboard = f"http://127.0.0.1:{dashboard_port}"
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run([str(CLUSTER / "local-cluster.sh"), *args], env=self.env, timeout=300,
@@ -80,7 +88,26 @@ class LocalCluster:
         return done.stdout
 
     def stop(self) -> None:
-        subprocess.run([str(CLUSTER / "local-cluster.sh"), "stop"], env=self.env, timeout=120)
+        try:
+            subprocess.run([str(CLUSTER / "local-cluster.sh"), "stop"], env=self.env, timeout=120)
+        finally:
+            self._slot_lock.close()
+
+
+def _claim_slot(slots: int):
+    """An open, exclusively locked file of the first free slot, and its number."""
+    import fcntl
+    import tempfile
+
+    for slot in range(slots):
+        lock = open(Path(tempfile.gettempdir()) / f"bulkscribe-test-cluster-{slot}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return lock, slot
+    raise RuntimeError(f"all {slots} local cluster slots are in use")
 
 
 @pytest.fixture

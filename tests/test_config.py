@@ -86,3 +86,12 @@ def test_importing_the_package_loads_neither_pyarrow_nor_ray():
     code = "import sys, pipeline; print(sorted(m for m in ('pyarrow', 'ray', 'duckdb') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pipeline_run_stays_the_function_once_the_job_module_is_imported():
+    import importlib
+
+    import pipeline
+
+    importlib.import_module("pipeline.job")
+    assert callable(pipeline.run) and pipeline.run.__module__ == "pipeline"

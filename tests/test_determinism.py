@@ -75,7 +75,7 @@ def test_actors_of_any_size_write_what_one_process_transcribes(ray_cluster, tmp_
     from pipeline import audio, quality
     from pipeline.config import ActorOptions, JobSpec, WhisperOptions
     from pipeline.query import open_output
-    from pipeline.run import run
+    from pipeline.job import run
     from pipeline.transcriber import Transcriber
 
     src = tmp_path / "in"

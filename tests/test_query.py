@@ -9,10 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.export import format_timestamp, render, target_names
 from pipeline.query import open_output

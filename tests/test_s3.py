@@ -11,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.checks import check_output
-from tests.test_faults import finish, markers_in, run_ok, start, wait_until
+from tests.test_faults import finish, run_ok, start
 
 pytestmark = pytest.mark.slow
 

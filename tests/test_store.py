@@ -118,7 +118,7 @@ def test_markers_come_from_the_index_and_only_shards_it_lacks_are_read(tmp_path,
     store = OutputStore(str(tmp_path / "out"))
     for shard in range(5):
         store.commit(shard, _marker(shard, "first"))
-    store.write_index(store.markers())
+    store.update_index()
     store.unindex([4])  # as retry-failed does before replacing its marker
     store.commit(5, _marker(5, "later"))  # committed after the index was written
     reads = []
@@ -129,3 +129,25 @@ def test_markers_come_from_the_index_and_only_shards_it_lacks_are_read(tmp_path,
     # The markers stay the truth: one deleted by hand uncommits its shard, index or not.
     os.unlink(store.marker_path(2))
     assert [m.shard for m in store.markers()] == [0, 1, 3, 4, 5]
+
+
+def test_the_index_is_written_again_only_when_it_differs_from_the_markers(tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path / "out"))
+    for shard in range(3):
+        store.commit(shard, _marker(shard, "first"))
+    writes = []
+    write_index = store.write_index
+    monkeypatch.setattr(store, "write_index", lambda markers: writes.append(len(markers)) or write_index(markers))
+    checks = []
+    assert [m.shard for m in store.update_index(before_write=lambda: checks.append(1))] == [0, 1, 2]
+    assert writes == [3] and checks == [1]
+    store.update_index()  # a rerun that finds every marker indexed writes nothing
+    assert writes == [3]
+    store.commit(3, _marker(3, "later"))
+    store.update_index()
+    os.unlink(store.marker_path(0))  # a marker deleted by hand: its entry goes too
+    store.update_index()
+    assert writes == [3, 4, 3]
+    assert sorted(store.indexed_markers()) == [1, 2, 3]
+    store.unindex([2, 7])
+    assert sorted(store.indexed_markers()) == [1, 3]

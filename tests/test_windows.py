@@ -75,7 +75,7 @@ def test_seams_fall_in_silence_and_both_neighbours_agree(tmp_path, speech_dir):
 @pytest.mark.slow
 def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, speech_dir, ray_cluster, monkeypatch):
     from pipeline.config import JobSpec
-    from pipeline.run import run
+    from pipeline.job import run
     from pipeline.store import OutputStore
     from pipeline.verify import verify
 

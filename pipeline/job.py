@@ -263,9 +263,7 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
             nodes=len({r.node.split("/")[-1] for r in results if not r.skipped}),
         )
     )
-    markers = store.markers()
-    lease.check()
-    store.write_index(markers)
+    markers = store.update_index(before_write=lease.check)
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s, markers=markers)
     summary.shards_ran, summary.shards_skipped = ran, skipped
     summary.ray_logs = ray_logs
