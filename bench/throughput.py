@@ -6,8 +6,8 @@ each side timed from start to end (model loading, Ray start-up and shutdown incl
   long      at least an hour of real read speech in 8 files (bundled clips with
             references, joined with short pauses). Sides: plain faster-whisper;
             BatchedInferencePipeline with its defaults; a hand-written pool of one 1-thread
-            BatchedInferencePipeline process per core; `bulkscribe run` (default); and
-            `bulkscribe run --beam-size 1`.
+            BatchedInferencePipeline process per core; `bulkscribe run` (default, beam 3);
+            `bulkscribe run --beam-size 5` (faster-whisper's beam); and `--beam-size 1`.
   short     200 clips of at most 15 s: plain faster-whisper against the same two runs.
   overhead  `bulkscribe run` against a hand-written multiprocessing pool running the same
             transcriber with the same options (one 1-thread process per core, model
@@ -211,6 +211,7 @@ def bench_long(hours: float) -> None:
         "BatchedInferencePipeline": run_batched(paths),
         "pool of 1-thread batched pipelines": run_pool(paths, "batched"),
         "bulkscribe run": run_bulkscribe(WORK / "long", WORK / "out-long"),
+        "bulkscribe run --beam-size 5": run_bulkscribe(WORK / "long", WORK / "out-long-b5", ["--beam-size", "5"]),
         "bulkscribe run --beam-size 1": run_bulkscribe(WORK / "long", WORK / "out-long-b1", ["--beam-size", "1"]),
     }
     report("long-form speech", audio_seconds(paths), sides, refs, "bulkscribe run >= 2.5x plain at its WER")

@@ -111,7 +111,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help="bundled name (tiny.en, base), a CTranslate2 folder, or a faster-whisper name")
     g.add_argument("--compute-type", default=d.compute_type, help="CTranslate2 compute type")
     g.add_argument("--beam-size", type=int, default=d.beam_size,
-                   help=f"beam width (default {d.beam_size}, faster-whisper's; 1 is greedy and faster)")
+                   help=f"beam width (default {d.beam_size}; faster-whisper's own is 5; 1 is greedy and faster)")
     g.add_argument("--language", default=None, help="language code; default: detect (English-only models: en)")
     g.add_argument("--task", default=d.task, choices=["transcribe", "translate"],
                    help="transcribe (default), or translate the speech into English text (multilingual models)")

@@ -33,9 +33,12 @@ class WhisperOptions:
 
     model: str = "tiny.en"
     compute_type: str = "int8"
-    # faster-whisper's own default. Beam 1 is about 1.4x faster; bench/README.md has its
-    # WER per category beside beam 5's.
-    beam_size: int = 5
+    # Beam 3, not faster-whisper's 5: about 1.2x faster (an hour of long-form speech in
+    # 168.7 s against 201.1 s), and its WER was no higher than beam 5's in any category of
+    # the accuracy corpus (bench/accuracy.py; 6.11% against 6.75% in all) nor on the hour
+    # (10.37% against 10.55%). Beam 2 lost 1.4 points on the hour, beam 1 25 on short
+    # clips. bench/README.md has the figures.
+    beam_size: int = 3
     language: str | None = None
     task: str = "transcribe"
     # Silero VAD before decoding (faster-whisper's vad_filter). Off by default: VAD must

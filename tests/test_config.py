@@ -5,9 +5,9 @@ from pipeline.config import ActorOptions, JobSpec, WhisperOptions, fingerprint, 
 
 def test_defaults_are_valid():
     o = WhisperOptions()
-    # faster-whisper's own defaults: the WER bar every speed-up is measured against.
+    # faster-whisper's own defaults but beam 3 (its WER per category is in bench/README.md).
     assert (o.model, o.compute_type, o.beam_size, o.vad, o.temperature) == (
-        "tiny.en", "int8", 5, False, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
+        "tiny.en", "int8", 3, False, (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
     assert ActorOptions().threads == 1
 
 

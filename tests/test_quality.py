@@ -1,5 +1,7 @@
 """The rules that decide `no_speech` and the `flags` of a transcript, on made-up segments."""
 
+from pathlib import Path
+
 from pipeline import quality
 from pipeline.config import WhisperOptions
 from pipeline.transcriber import Segment, Transcript
@@ -24,6 +26,20 @@ def test_loops_are_repetitive_and_speech_is_not():
     assert not quality.is_repetitive(["And so my fellow Americans, ask not what your country can do for you,",
                                       "ask what you can do for your country."])
     assert not quality.is_repetitive(["Yes.", "Yes.", "Okay, yes."])
+
+
+def test_a_long_text_that_comes_back_to_its_passages_is_no_loop_but_a_loop_inside_it_is():
+    import csv
+
+    with open(Path(__file__).parent / "data" / "speech" / "manifest.csv", newline="", encoding="utf-8") as f:
+        sentences = [r["reference_text"] for r in csv.DictReader(f) if r["reference_text"]]
+    # A lecture or a radio hour that returns to what it said: the whole text compresses
+    # like a loop (a ratio over 3), each window's text does not.
+    reading = sentences * 4
+    assert len(" ".join(reading)) > 5000
+    assert not quality.is_repetitive(reading)
+    middle = len(reading) // 2
+    assert quality.is_repetitive(reading[:middle] + ["We are going to see the same thing."] * 8 + reading[middle:])
 
 
 def test_flags_name_each_reason_and_only_those():

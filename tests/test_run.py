@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import JobSpec, WhisperOptions
 from pipeline.evaluate import wer
-from pipeline.run import JobMismatchError, run
+from pipeline.job import JobMismatchError, run
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from tests.conftest import make_bad_files
 
@@ -137,7 +137,7 @@ def test_a_lost_marker_reruns_only_its_shard_without_duplicates(finished):
 def test_a_changed_option_is_refused(finished):
     spec, _ = finished
     changed = JobSpec(inputs=spec.inputs, output=spec.output, whisper=WhisperOptions(beam_size=1), progress=False)
-    with pytest.raises(JobMismatchError, match="beam_size: 5 in the folder, 1 now"):
+    with pytest.raises(JobMismatchError, match="beam_size: 3 in the folder, 1 now"):
         run(changed)
 
 
@@ -157,7 +157,7 @@ def test_new_inputs_are_appended_as_new_shards(finished, tmp_path, speech_dir):
 
 
 def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, speech_dir):
-    from pipeline.run import retry_failed
+    from pipeline.job import retry_failed
     from pipeline.verify import verify
     from pipeline.store import OutputStore
 
@@ -193,7 +193,7 @@ def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, 
 
 def test_the_progress_total_stays_put_and_ends_full():
     from pipeline.commit import ShardResult
-    from pipeline.run import Progress
+    from pipeline.job import Progress
 
     planned = {0: 600.0, 1: 600.0, 2: 1200.0}  # estimates from file sizes
     tally = Progress(planned)
