@@ -269,12 +269,17 @@ class OutputStore:
         whatever the index says), and a run that writes a shard's marker again (`retry-failed`,
         or a run after a marker was deleted) takes the shard out of the index first
         (`unindex`), so an entry is never older than its marker."""
-        try:
-            table = self.read_parquet(self.index_path())
-        except FileNotFoundError:
+        table = self._index_table()
+        if table is None:
             return {}
         return {shard: CommitMarker.from_json(json.loads(blob))
                 for shard, blob in zip(table.column("shard").to_pylist(), table.column("marker").to_pylist())}
+
+    def _index_table(self) -> pa.Table | None:
+        try:
+            return self.read_parquet(self.index_path())
+        except FileNotFoundError:
+            return None
 
     def update_index(self, before_write: Callable[[], None] = lambda: None) -> list[CommitMarker]:
         """Every committed shard's marker (`markers()`); the index is written again only if
@@ -297,9 +302,8 @@ class OutputStore:
     def unindex(self, shards: Iterable[int]) -> None:
         """Take `shards` out of the index before their markers are replaced (`retry-failed`)
         or written anew (a shard whose marker was deleted runs again)."""
-        try:
-            table = self.read_parquet(self.index_path())
-        except FileNotFoundError:
+        table = self._index_table()
+        if table is None:
             return
         kept = table.filter(pc.invert(pc.is_in(table.column("shard"), pa.array(list(shards), pa.int32()))))
         if kept.num_rows < table.num_rows:
