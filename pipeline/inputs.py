@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,9 @@ MANIFEST_EXTENSIONS = frozenset({".csv", ".jsonl", ".parquet", ".txt"})
 URI_COLUMNS = ("uri", "path")
 # A manifest column of file sizes in bytes: rows that have one are not stat'ed.
 SIZE_COLUMN = "size_bytes"
+# A manifest column of durations in seconds: files that have one are not probed when
+# long files are planned as windows, and shards are balanced by it.
+DURATION_COLUMN = "duration_s"
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -137,8 +141,8 @@ def _list_audio(fs: fsspec.AbstractFileSystem, path: str, given: str) -> dict[st
     return files
 
 
-def _units_table(uris: list[str], sizes: list[int | None]) -> pa.Table:
-    """Whole-file units for `uris` (canonical), with their sizes."""
+def _units_table(uris: list[str], sizes: list[int | None], durations: list[float | None] | None = None) -> pa.Table:
+    """Whole-file units for `uris` (canonical), with their sizes (and durations, if known)."""
     return pa.table(
         {
             "unit_id": [unit_id(u) for u in uris],
@@ -146,6 +150,7 @@ def _units_table(uris: list[str], sizes: list[int | None]) -> pa.Table:
             "size_bytes": sizes,
             "start_s": [0.0] * len(uris),
             "end_s": [None] * len(uris),
+            "duration_s": durations or [None] * len(uris),
         },
         schema=UNIT_SCHEMA,
     )
@@ -189,15 +194,28 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
         for i, size in zip(unknown, pool.map(_size_or_none, [targets[i] for i in unknown])):
             given[i] = size
-    units = _units_table([uri for _, _, uri in targets], given)
+    units = _units_table([uri for _, _, uri in targets], given, _durations(table, canonical_uri(fs, path)))
     for name in table.column_names:
-        if name in (column, SIZE_COLUMN):
+        if name in (column, SIZE_COLUMN, DURATION_COLUMN):
             continue
         out_name = f"manifest_{name}" if name in RESERVED_COLUMNS else name
         if out_name != name:
             logger.warning("manifest column %r is a reserved name; it is kept as %r", name, out_name)
         units = units.append_column(out_name, table.column(name))
     return units
+
+
+def _durations(table: pa.Table, manifest: str) -> list[float | None] | None:
+    if DURATION_COLUMN not in table.column_names:
+        return None
+    try:
+        found = [None if v is None else float(v) for v in table.column(DURATION_COLUMN).to_pylist()]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"manifest {manifest}: {DURATION_COLUMN} must hold seconds ({exc})") from None
+    bad = next((i for i, v in enumerate(found) if v is not None and not (v >= 0 and math.isfinite(v))), None)
+    if bad is not None:
+        raise InputError(f"manifest {manifest}: row {bad + 1} has {DURATION_COLUMN} {found[bad]!r}")
+    return found
 
 
 def _manifest_target(fs: fsspec.AbstractFileSystem, base: str, value: str):

@@ -45,13 +45,20 @@ def choose_shard_audio_s(total_audio_s: float, actors: int) -> float:
 
 
 def estimates(units: pa.Table) -> list[float]:
-    """Estimated audio seconds of each unit: a window's own length where it has an end."""
+    """Estimated audio seconds of each unit: a window's own length where it has an end,
+    else what is left of the file's duration (given by a manifest, else guessed from its
+    size)."""
+    durations = (units.column("duration_s").to_pylist() if "duration_s" in units.column_names
+                 else [None] * units.num_rows)
     found = []
-    for uri, size, start, end in zip(
-        *(units.column(c).to_pylist() for c in ("uri", "size_bytes", "start_s", "end_s"))
+    for uri, size, start, end, duration in zip(
+        *(units.column(c).to_pylist() for c in ("uri", "size_bytes", "start_s", "end_s")), durations
     ):
         start = start or 0.0
-        found.append(end - start if end is not None else max(1.0, estimate_audio_s(uri, size) - start))
+        if end is not None:
+            found.append(end - start)
+        else:
+            found.append(max(1.0, (duration if duration is not None else estimate_audio_s(uri, size)) - start))
     return found
 
 

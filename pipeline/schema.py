@@ -112,6 +112,9 @@ class PlanRow:
     est_audio_s: float = _column(pa.float64())
     start_s: float | None = _column(pa.float64())
     end_s: float | None = _column(pa.float64())
+    # The file's duration as a manifest gives it: estimates and window planning take it
+    # instead of probing the file (null: not given).
+    duration_s: float | None = _column(pa.float64())
     # A window of a long file (pipeline.windows): its seams are moved to silence.
     split: bool = _column(pa.bool_(), False)
 
@@ -120,7 +123,8 @@ SEGMENTS_SCHEMA = arrow_schema(SegmentRow)
 FILES_SCHEMA = arrow_schema(FileRow)
 PLAN_SCHEMA = arrow_schema(PlanRow)
 # The columns the inputs give the planner (pipeline.inputs), before shards are numbered.
-UNIT_SCHEMA = pa.schema([PLAN_SCHEMA.field(n) for n in ("unit_id", "uri", "size_bytes", "start_s", "end_s")])
+UNIT_SCHEMA = pa.schema([PLAN_SCHEMA.field(n) for n in ("unit_id", "uri", "size_bytes", "start_s", "end_s",
+                                                         "duration_s")])
 # Names a manifest column may not take (it is renamed `manifest_<name>`).
 RESERVED_COLUMNS = frozenset(FILES_SCHEMA.names) | frozenset(PLAN_SCHEMA.names)
 

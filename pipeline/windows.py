@@ -12,6 +12,8 @@ on its own (ffmpeg -ss/-t), so memory does not grow with the file.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,26 +25,39 @@ from pipeline.plan import estimate_audio_s
 # A file is split only if it is at least this many windows long.
 SPLIT_AT_WINDOWS = 1.5
 SEAM_MARGIN_S = 8.0
+PROBES_AT_ONCE = 2 * (os.cpu_count() or 1)
 _FRAME_S = 0.02
 
 
 def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0) -> pa.Table:
     """`units` with each long local file replaced by its windows (column `split` true).
 
-    Only whole local files are measured (ffmpeg reads the container header) and split;
-    a remote file would be downloaded once per window, so it stays whole.
+    Only whole local files are split: a remote file would be downloaded once per window,
+    so it stays whole. A file's duration is the manifest's (`duration_s`) where it gives
+    one; otherwise files whose size says they may be long are measured (ffmpeg reads the
+    container header), several at once. The last window of a file never has an end, so
+    a duration that is too short loses nothing.
     """
     if not window_s or units.num_rows == 0:
         return units.append_column("split", pa.array([False] * units.num_rows, pa.bool_()))
     est_limit = SPLIT_AT_WINDOWS * window_s / 4  # sizes only estimate; measure anything close
     rows = units.to_pylist()
-    out: list[dict[str, Any]] = []
-    for row in rows:
-        duration = None
+    durations: list[float | None] = [None] * len(rows)
+    to_probe = []
+    for i, row in enumerate(rows):
         whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
-        if whole and audio.local_path(row["uri"]) is not None:
-            if estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
-                duration = audio.probe_duration(row["uri"], timeout_s)
+        if not whole or audio.local_path(row["uri"]) is None:
+            continue
+        if row.get("duration_s") is not None:
+            durations[i] = row["duration_s"]
+        elif estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
+            to_probe.append(i)
+    # Each probe is an ffmpeg process that spends most of its ~30 ms starting.
+    with ThreadPoolExecutor(PROBES_AT_ONCE) as pool:
+        for i, duration in zip(to_probe, pool.map(lambda i: audio.probe_duration(rows[i]["uri"], timeout_s), to_probe)):
+            durations[i] = duration
+    out: list[dict[str, Any]] = []
+    for row, duration in zip(rows, durations):
         if duration is None or duration < SPLIT_AT_WINDOWS * window_s:
             out.append({**row, "split": False})
             continue

@@ -105,3 +105,17 @@ def test_sizes_a_manifest_gives_are_not_asked_of_the_storage(tmp_path, speech_di
     assert asked == [str(clips[1])]  # only the row without a size
     speakers = dict(zip(units.column("uri").to_pylist(), units.column("speaker").to_pylist()))
     assert "manifest_size_bytes" not in units.column_names and speakers == {str(clips[0]): "a", str(clips[1]): "b"}
+
+
+def test_durations_a_manifest_gives_are_kept_for_planning(tmp_path, speech_dir):
+    clips = [speech_dir / "misc" / "jfk.flac", speech_dir / "misc" / "LDC93S1.wav"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri,duration_s\n{clips[0]},11.0\n{clips[1]},\n")
+    units = inputs.expand([str(manifest)])
+    durations = dict(zip(units.column("uri").to_pylist(), units.column("duration_s").to_pylist()))
+    assert durations == {str(clips[0]): 11.0, str(clips[1]): None}
+    assert "manifest_duration_s" not in units.column_names
+    for bad in ("-3", "soon"):
+        manifest.write_text(f"uri,duration_s\n{clips[0]},{bad}\n")
+        with pytest.raises(inputs.InputError, match="duration_s"):
+            inputs.expand([str(manifest)])

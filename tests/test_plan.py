@@ -8,7 +8,7 @@ def _units(sizes):
     uris = [f"/a/{i:03d}.mp3" for i in range(len(sizes))]
     return pa.table(
         {"unit_id": [inputs.unit_id(u) for u in uris], "uri": uris, "size_bytes": sizes,
-         "start_s": [0.0] * len(uris), "end_s": [None] * len(uris)},
+         "start_s": [0.0] * len(uris), "end_s": [None] * len(uris), "duration_s": [None] * len(uris)},
         schema=UNIT_SCHEMA,
     )
 
@@ -55,3 +55,11 @@ def test_units_are_grouped_by_shard_in_one_pass_keeping_their_order():
     groups = {s: t.column("unit_id").to_pylist() for s, t in group_by_shard(planned, [3, 1, 2])}
     assert groups == {1: ["c", "g"], 2: ["d", "e", "f"], 3: ["h"]}
     assert list(group_by_shard(planned, [])) == []
+
+
+def test_a_duration_the_manifest_gives_is_the_estimate():
+    units = _units([160_000] * 3)
+    given = units.set_column(units.schema.get_field_index("duration_s"), "duration_s",
+                             pa.array([600.0, None, 0.2], pa.float64()))
+    # 600 s as given (the size says 10 s); the size where none is given; at least 1 s.
+    assert plan.estimates(given) == [600.0, 10.0, 1.0]

@@ -60,6 +60,21 @@ def test_long_local_files_are_planned_as_windows(tmp_path, speech_dir):
     assert windows.split_long(units, 60.0).column("unit_id").to_pylist() == split.column("unit_id").to_pylist()
 
 
+def test_a_duration_from_the_manifest_plans_windows_without_probing(tmp_path, speech_dir, monkeypatch):
+    target, _ = _reading(tmp_path / "in", speech_dir, 200)
+    manifest = tmp_path / "m.csv"
+    # The manifest's duration is taken as it is: a file said to be 150 s long is cut in
+    # three (the last window runs to the end of the file, whatever its length).
+    manifest.write_text(f"uri,duration_s\n{target},150\n{speech_dir / 'misc' / 'jfk.flac'},\n")
+    probed = []
+    monkeypatch.setattr(audio, "probe_duration", lambda uri, timeout_s=None: probed.append(uri) or 11.0)
+    rows = windows.split_long(inputs.expand([str(manifest)]), 60.0).to_pylist()
+    reading = [r for r in rows if r["uri"].endswith("reading.wav")]
+    assert [(r["start_s"], r["end_s"]) for r in reading] == [(0.0, 60.0), (60.0, 120.0), (120.0, None)]
+    # Only the file without a duration could be probed, and jfk.flac is too small for it.
+    assert str(target) not in probed
+
+
 def test_seams_fall_in_silence_and_both_neighbours_agree(tmp_path, speech_dir):
     target, _ = _reading(tmp_path / "in", speech_dir, 120)
     samples = audio.decode(str(target)).samples
