@@ -107,18 +107,23 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="folders (recursive), globs, files or URLs, manifests (.csv .jsonl .parquet .txt with a uri column)")
     p.add_argument("-o", "--output", required=True, help="output folder or URL (created if missing)")
-    g = p.add_argument_group("model and decoding (changing any of these needs a new output folder)")
-    g.add_argument("--model", default=d.model, help="bundled name (tiny.en, base), a CTranslate2 folder, or a faster-whisper name")
-    g.add_argument("--compute-type", default=d.compute_type, help="CTranslate2 compute type")
-    g.add_argument("--beam-size", type=int, default=d.beam_size,
+    g = p.add_argument_group(
+        "model and decoding",
+        "A new output folder takes these (or their defaults); a rerun into a folder takes the folder's "
+        "own for those not given, and refuses different ones (they would change its transcripts).")
+    g.add_argument("--model", help=f"bundled name (tiny.en, base), a CTranslate2 folder, or a faster-whisper name "
+                                   f"(default {d.model})")
+    g.add_argument("--compute-type", help=f"CTranslate2 compute type (default {d.compute_type})")
+    g.add_argument("--beam-size", type=int,
                    help=f"beam width (default {d.beam_size}; faster-whisper's own is 5; 1 is greedy and faster)")
-    g.add_argument("--language", default=None, help="language code; default: detect (English-only models: en)")
-    g.add_argument("--task", default=d.task, choices=["transcribe", "translate"],
+    g.add_argument("--language", help="language code (default: detect; English-only models: en)")
+    g.add_argument("--task", choices=["transcribe", "translate"],
                    help="transcribe (default), or translate the speech into English text (multilingual models)")
-    g.add_argument("--vad", action=argparse.BooleanOptionalAction, default=d.vad,
+    g.add_argument("--vad", action=argparse.BooleanOptionalAction,
                    help="drop what Silero VAD calls non-speech before decoding (default off: VAD misses quiet, "
                         "whispered and telephone speech)")
-    g.add_argument("--word-timestamps", action="store_true", help="add per-word timings to each segment")
+    g.add_argument("--word-timestamps", action=argparse.BooleanOptionalAction,
+                   help="add per-word timings to each segment (default off)")
     p.add_argument("--language-check", default="base", metavar="MODEL",
                    help="with an English-only model, a multilingual model that names the language of doubtful "
                         "transcripts, to flag files that are not in English (default: base; 'none': no check)")
@@ -149,19 +154,17 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
                    help="show the progress bar (default: when stdout is a terminal)")
 
 
+# The decoding options of the command line, as WhisperOptions fields.
+WHISPER_ARGUMENTS = ("model", "compute_type", "beam_size", "language", "task", "vad", "word_timestamps")
+
+
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    given = {name: getattr(args, name) for name in WHISPER_ARGUMENTS if getattr(args, name) is not None}
     return JobSpec(
         inputs=tuple(args.inputs),
         output=args.output,
-        whisper=WhisperOptions(
-            model=args.model,
-            compute_type=args.compute_type,
-            beam_size=args.beam_size,
-            language=args.language,
-            task=args.task,
-            vad=args.vad,
-            word_timestamps=args.word_timestamps,
-        ),
+        whisper=WhisperOptions(**given),
+        whisper_given=frozenset(given),
         actors=actor_options(args),
         address=args.address,
         storage_options=dict(args.storage_option),
@@ -214,7 +217,7 @@ def submit_command(args: argparse.Namespace) -> int:
         raise ValueError("submit needs --address http://HEAD:8265 (the cluster's dashboard)")
     spec = spec_from_args(args)  # refuse bad options here, before the cluster sees them
     # The job runs in its own folder: local paths must be absolute (and shared by every node).
-    local = {*spec.inputs, spec.output} | ({args.model} if os.path.isdir(args.model) else set())
+    local = {*spec.inputs, spec.output} | ({spec.whisper.model} if os.path.isdir(spec.whisper.model) else set())
     forwarded = [
         os.path.abspath(a) if a in local and "://" not in a else a for a in _forwarded_run_args(args.argv)
     ]

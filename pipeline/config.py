@@ -164,6 +164,10 @@ class JobSpec:
     names the language of doubtful transcripts so that files in other languages are
     flagged `language_mismatch` (None: no check). It changes flags, not transcripts, so
     it is not in the job fingerprint.
+    `whisper_given` names the `whisper` fields the caller chose; the others follow the
+    job already in the output folder, if there is one, so that a rerun needs only its
+    inputs and output whatever the defaults were when the folder was started (None:
+    every field was chosen, and a folder made otherwise is refused).
     """
 
     inputs: tuple[str, ...]
@@ -177,6 +181,7 @@ class JobSpec:
     unit_timeout_s: float | None = None
     window_s: float | None = 600.0
     language_check: str | None = "base"
+    whisper_given: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -195,6 +200,7 @@ class JobSpec:
         """The spec as JSON-ready data, without storage options (they may hold secrets)."""
         data = dataclasses.asdict(self)
         data.pop("storage_options")
+        data.pop("whisper_given")
         data["whisper"]["temperature"] = list(self.whisper.temperature)
         data["inputs"] = list(self.inputs)
         return data

@@ -46,6 +46,7 @@ def run(spec: JobSpec) -> Summary:
     started = time.time()
     run_setup_hook()
     store = OutputStore(spec.output, spec.storage_options)
+    spec = with_folder_options(spec, store.read_job())
     model = models.resolve(spec.whisper.model)
     check_language(spec.whisper, model)
     # Nothing is written before the inputs are known to exist.
@@ -54,6 +55,35 @@ def run(spec: JobSpec) -> Summary:
     os.environ[DRIVER_PID_ENV] = str(os.getpid())
     with Lease(store) as lease:
         return _run_locked(spec, store, model, units, started, lease)
+
+
+def folder_options(job: JobRecord) -> WhisperOptions:
+    """The decoding options the folder's transcripts were made with."""
+    fields = dict(job.fingerprint_fields)
+    fields.pop("model_sha256", None)
+    unknown = set(fields) - {f.name for f in dataclasses.fields(WhisperOptions)}
+    if unknown:
+        raise JobMismatchError(
+            f"{job.output or 'the output folder'} was transcribed by another version of bulkscribe (options "
+            f"{', '.join(sorted(unknown))} no longer exist); run the job again into a new --output"
+        )
+    return WhisperOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def with_folder_options(spec: JobSpec, job: JobRecord | None) -> JobSpec:
+    """`spec` with the decoding options it leaves open taken from the folder's job."""
+    if job is None or spec.whisper_given is None:
+        return spec
+    try:
+        folder = folder_options(job)
+    except JobMismatchError:
+        return spec  # `check_fingerprint` refuses the folder and says why
+    follow = {f.name: getattr(folder, f.name) for f in dataclasses.fields(WhisperOptions)
+              if f.name not in spec.whisper_given}
+    changed = [f"{k}={v!r}" for k, v in follow.items() if getattr(spec.whisper, k) != v]
+    if changed:
+        logger.info("options not given follow the folder's job: %s", ", ".join(changed))
+    return dataclasses.replace(spec, whisper=dataclasses.replace(spec.whisper, **follow), whisper_given=None)
 
 
 def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None:
@@ -181,15 +211,7 @@ def retry_failed(
     job = store.read_job()
     if job is None:
         raise FileNotFoundError(f"{output} holds no bulkscribe job (no job.json)")
-    fields = dict(job.fingerprint_fields)
-    model_sha = fields.pop("model_sha256")
-    unknown = set(fields) - {f.name for f in dataclasses.fields(WhisperOptions)}
-    if unknown:
-        raise JobMismatchError(
-            f"{output} was transcribed by another version of bulkscribe (options {', '.join(sorted(unknown))} "
-            "no longer exist); run the job again into a new --output"
-        )
-    whisper = WhisperOptions(**fields)
+    whisper = folder_options(job)
     model = models.resolve(whisper.model)
     check_fingerprint(job, fingerprint_fields(whisper, model.sha256))
     spec = JobSpec(inputs=tuple(job.spec["inputs"]), output=output, whisper=whisper, actors=actors,
@@ -207,7 +229,7 @@ def retry_failed(
             store.unindex(shards)
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
-            config = _worker_config(spec, model_sha, job.fingerprint, language_check_model(spec, model), lease)
+            config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             with ray_session(spec) as session:
                 results = _execute(store.read_plan(), shards, config, actors.pool(session.cpus, len(shards)),
                                    progress, mode="retry", lease=lease, autoscale=joins_cluster(spec))

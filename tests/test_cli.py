@@ -41,8 +41,10 @@ def test_run_status_and_rerun_from_the_command_line(tmp_path, small_corpus):
     quoted = duckdb.sql(f"select text from '{out}/segments/*.parquet' where uri like '%pwned%'").fetchall()
     assert "hester" in " ".join(t for (t,) in quoted).lower()
 
-    again = bulkscribe("run", str(small_corpus), "--output", str(out), "--beam-size", "1")
+    # No decoding option given: the rerun takes the folder's (beam 1), not the defaults.
+    again = bulkscribe("run", str(small_corpus), "--output", str(out))
     assert again.returncode == 0, again.stderr
+    assert "options not given follow the folder's job: beam_size=1" in again.stderr
     assert "this run: 0 shard(s) transcribed" in again.stdout
     assert "Started a local Ray instance" not in again.stderr  # no Ray when nothing is left to do
 

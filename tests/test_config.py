@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from pipeline.config import ActorOptions, JobSpec, WhisperOptions, fingerprint, fingerprint_fields
@@ -95,3 +97,27 @@ def test_pipeline_run_stays_the_function_once_the_job_module_is_imported():
 
     importlib.import_module("pipeline.job")
     assert callable(pipeline.run) and pipeline.run.__module__ == "pipeline"
+
+
+def test_a_rerun_takes_the_folders_options_where_none_is_given():
+    from pipeline.job import with_folder_options
+    from pipeline.records import JobRecord
+
+    made_with = WhisperOptions(beam_size=5, word_timestamps=True)
+    fields = fingerprint_fields(made_with, "sha")
+    job = JobRecord(output="out", created_at="", spec={}, fingerprint=fingerprint(fields),
+                    fingerprint_fields=fields, model={}, shard_audio_s=60)
+    # From the command line: only --word-timestamps given, and differently.
+    rerun = JobSpec(inputs=("in",), output="out", whisper=WhisperOptions(word_timestamps=False),
+                    whisper_given=frozenset({"word_timestamps"}))
+    followed = with_folder_options(rerun, job).whisper
+    assert (followed.beam_size, followed.word_timestamps) == (5, False)
+    assert fingerprint(fingerprint_fields(followed, "sha")) != job.fingerprint  # so it is refused
+    # Nothing given: the folder's options, so the rerun is accepted.
+    open_rerun = dataclasses.replace(rerun, whisper=WhisperOptions(), whisper_given=frozenset())
+    assert fingerprint(fingerprint_fields(with_folder_options(open_rerun, job).whisper, "sha")) == job.fingerprint
+    # The Python API names every option unless told otherwise: nothing is taken over.
+    api = dataclasses.replace(rerun, whisper=WhisperOptions(), whisper_given=None)
+    assert with_folder_options(api, job).whisper == WhisperOptions()
+    # A folder of a new job: the defaults.
+    assert with_folder_options(open_rerun, None).whisper == WhisperOptions()
