@@ -24,6 +24,7 @@ category more than 0.5 WER points above plain faster-whisper.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import models  # noqa: E402
-from pipeline.evaluate import wer  # noqa: E402
+from tests.wer import wer  # noqa: E402
 from tests import corpus  # noqa: E402
 
 WORK = ROOT / "bench" / "_work" / "accuracy"
@@ -47,8 +48,10 @@ def plain(paths: list[Path], model: str, **options) -> dict[str, dict]:
     m = WhisperModel(models.resolve(model).path, compute_type="int8")
     found = {}
     for path in paths:
+        start = time.perf_counter()
         segments, _ = m.transcribe(str(path), **options)
-        found[path.name] = {"text": " ".join(s.text.strip() for s in segments), "status": None, "flags": []}
+        text = " ".join(s.text.strip() for s in segments)
+        found[path.name] = {"text": text, "status": None, "flags": [], "busy_s": time.perf_counter() - start}
     return found
 
 
@@ -59,7 +62,8 @@ def batched(paths: list[Path], model: str) -> dict[str, dict]:
     found = {}
     for path in paths:
         segments, _ = pipeline.transcribe(str(path))
-        found[path.name] = {"text": " ".join(s.text.strip() for s in segments), "status": None, "flags": []}
+        found[path.name] = {"text": " ".join(s.text.strip() for s in segments), "status": None, "flags": [],
+                            "busy_s": None}
     return found
 
 
@@ -79,7 +83,8 @@ def bulkscribe(folder: Path, model: str, *extra: str) -> dict[str, dict]:
     for row in views.files.to_table().to_pylist():
         name = row["uri"].rsplit("/", 1)[1]
         text = " ".join(s["text"] for s in segments if s["uri"] == row["uri"])
-        found[name] = {"text": text, "status": row["status"], "flags": row["flags"] or []}
+        found[name] = {"text": text, "status": row["status"], "flags": row["flags"] or [],
+                       "busy_s": (row["decode_s"] or 0.0) + (row["transcribe_s"] or 0.0)}
     return found
 
 
@@ -150,6 +155,20 @@ def main() -> None:
               + f"   ({question})")
     print(f"{'wall s':<16} {'':>5}" + "".join(f" {walls[s]:>14.1f}" for s in wanted))
     print(f"{'x real time':<16} {'':>5}" + "".join(f" {audio_s / walls[s]:>14.1f}" for s in wanted))
+    # Speed per category, each file's own time: plain decodes one file at a time on all
+    # the cores' threads; a bulkscribe actor decodes on one thread, with one actor per core
+    # side by side, so its rate per core is what must not fall below plain's per machine.
+    timed = [s for s in wanted if s in ("plain", "plain beam 3") or s.startswith("bulkscribe")]
+    if timed:
+        cores = len(os.sched_getaffinity(0))
+        print(f"x real time per file in each category (plain: one file at a time, {cores} threads; "
+              f"bulkscribe: one actor, 1 thread, {cores} actors side by side)")
+        print(f"{'category':<16} {'files':>5}" + "".join(f" {side:>14}" for side in timed))
+        for category in [*corpus.ENGLISH_CATEGORIES, "other_language", "no_speech"]:
+            chosen = [name for name, item in named.items() if item.category == category]
+            seconds = sum(_duration(folder / n) for n in chosen)
+            rates = [seconds / max(sum(results[s][n]["busy_s"] for n in chosen), 1e-9) for s in timed]
+            print(f"{category:<16} {len(chosen):>5}" + "".join(f" {r:>14.1f}" for r in rates))
     if "plain beam 3" in wanted and "bulkscribe" in wanted:
         # Each file alone: plain decodes one file at a time, so a bulkscribe transcript
         # equal to plain's at the same options holds no word of another file. Files that

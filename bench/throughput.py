@@ -41,10 +41,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from pipeline import audio, models
-from pipeline.evaluate import wer
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import audio, models  # noqa: E402
+from tests.wer import wer  # noqa: E402
+
 SPEECH_FOLDERS = (ROOT / "tests" / "data" / "speech", ROOT / "tests" / "data" / "bench-speech")
 WORK = ROOT / "bench" / "_work"
 PAUSE_S = 0.6

@@ -35,7 +35,7 @@ class WhisperOptions:
     compute_type: str = "int8"
     # Beam 3, not faster-whisper's 5: about 1.2x faster (an hour of long-form speech in
     # 168.7 s against 201.1 s), and its WER was no higher than beam 5's in any category of
-    # the accuracy corpus (bench/accuracy.py; 6.11% against 6.75% in all) nor on the hour
+    # the accuracy corpus (bench/accuracy.py; 6.25% against 6.83% in all) nor on the hour
     # (10.37% against 10.55%). Beam 2 lost 1.4 points on the hour, beam 1 25 on short
     # clips. bench/README.md has the figures.
     beam_size: int = 3

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from pipeline.evaluate import simple_normalize, wer
+from tests.wer import simple_normalize, wer
 from tests import corpus
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def _by_category(accuracy_run, *categories):
 
 
 @pytest.mark.parametrize("category, bar", [
-    ("read", 0.10), ("telephone", 0.05), ("quiet", 0.10), ("stereo", 0.08), ("edge", 0.10),
+    ("read", 0.10), ("telephone", 0.05), ("quiet", 0.10), ("whispered", 0.12), ("stereo", 0.08), ("edge", 0.10),
     ("long", 0.12), ("accented", 0.20),
 ])
 def test_english_speech_of_every_kind_is_transcribed(accuracy_run, category, bar):
@@ -120,3 +120,14 @@ def test_the_wer_oracle_notices_a_broken_transcript(accuracy_run):
     # The last word of every file dropped: the edge check must notice.
     assert any(simple_normalize(h).split()[-1:] != simple_normalize(r).split()[-1:]
                for r, h in zip(refs, [" ".join(h.split()[:-1]) for h in hyps]))
+
+
+def test_the_whispered_items_have_no_voice_left(tmp_path):
+    from tests.corpus import build, decode, read_clips, voicing
+
+    whispered = [i for i in build(tmp_path) if i.category == "whispered"]
+    assert len(whispered) == 4
+    originals = {c.path.stem: c for c in read_clips()}
+    for item in whispered:
+        original = decode(originals[item.path.stem.removeprefix("whispered-")].path)
+        assert voicing(decode(item.path)) < 0.3 < voicing(original) - 0.05, item.path.name

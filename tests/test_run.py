@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import JobSpec, WhisperOptions
-from pipeline.evaluate import wer
+from tests.wer import wer
 from pipeline.job import JobMismatchError, run
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from tests.conftest import make_bad_files

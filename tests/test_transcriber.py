@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import audio
-from pipeline.evaluate import simple_normalize
+from tests.wer import simple_normalize
 
 HARD = Path(__file__).parent / "data" / "hard"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import audio, inputs, windows
-from pipeline.evaluate import wer
+from tests.wer import wer
 
 PAUSE_S = 0.7
 

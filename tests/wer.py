@@ -1,6 +1,7 @@
 """Word error rate with the English text normalizer of the Whisper paper.
 
-Used by the tests and the benchmarks; needs the `dev` extra (whisper-normalizer, jiwer).
+Used by the tests and the benchmarks (`bench/` puts the repository on its path); needs
+the `dev` extra (whisper-normalizer, jiwer).
 """
 
 from __future__ import annotations
