@@ -10,10 +10,16 @@ Then the dispatch overhead alone: shards that do nothing, handed to 2 actors by
 `pipeline.dispatch` and by Ray Data (`from_items(...).map_batches(...)` with one block per
 shard, as bulkscribe did before), side by side in one run.
 
-Last, `status` (`report.summarize`) on a finished folder of synthetic commit markers,
+Then `status` (`report.summarize`) on a finished folder of synthetic commit markers,
 reading every marker and reading the marker index, with the storage requests of each.
 
+Last, the read side of a finished folder of N shards with real parts (10 files of 3
+segments per shard, written by the actors' own `commit.write_parts`, markers and index as
+a run leaves them): `bulkscribe status`, `verify` and `query "select count(*) from
+files"`, each a process of its own, with its wall time and peak resident memory.
+
     python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
+                          [--read 10000,100000]
 """
 
 from __future__ import annotations
@@ -201,12 +207,134 @@ def status_reads(shards: int) -> None:
         print(f"  {side:<22} {wall:6.1f} s  {calls['reads']:>7,} reads  {calls['listings']:>3} listings")
 
 
+UNITS_PER_SHARD = 10
+SEGMENTS_PER_UNIT = 3
+
+
+def finished_folder(shards: int) -> tuple[Path, Path]:
+    """(archive, output folder): the synthetic archive of `shards` x 10 files and a finished
+    job of it, as a run with the default options leaves it (kept between runs)."""
+    archive = build_archive(shards * UNITS_PER_SHARD)
+    folder = WORK / f"finished-{shards}"
+    if (folder / "done").exists():
+        return archive, folder
+    import multiprocessing
+
+    import pyarrow as pa
+
+    from pipeline import inputs, models
+    from pipeline.config import WhisperOptions, fingerprint, fingerprint_fields
+    from pipeline.records import JobRecord
+    from pipeline.store import OutputStore
+
+    shutil.rmtree(folder, ignore_errors=True)
+    store = OutputStore(str(folder))
+    fields = fingerprint_fields(WhisperOptions(), models.resolve(WhisperOptions().model).sha256)
+    store.write_job(JobRecord(output=str(folder), created_at="", spec={"inputs": [str(archive / "audio")]},
+                              fingerprint=fingerprint(fields), fingerprint_fields=fields, model={},
+                              shard_audio_s=UNITS_PER_SHARD, window_s=600.0))
+    step = 1000
+    with multiprocessing.get_context("spawn").Pool(len(os.sched_getaffinity(0))) as pool:
+        for _ in pool.imap_unordered(_write_shards, [(str(archive), str(folder), a, min(a + step, shards))
+                                                     for a in range(0, shards, step)]):
+            pass
+    uris = [_uri(archive, i) for i in range(shards * UNITS_PER_SHARD)]
+    store.append_plan(pa.table({
+        "shard": pa.array(np.arange(len(uris)) // UNITS_PER_SHARD, pa.int32()),
+        "est_audio_s": np.full(len(uris), 1.0),
+        "unit_id": [inputs.unit_id(u) for u in uris],
+        "uri": uris,
+        "size_bytes": pa.array(np.full(len(uris), (archive / "source.wav").stat().st_size), pa.int64()),
+        "start_s": np.zeros(len(uris)),
+        "end_s": pa.nulls(len(uris), pa.float64()),
+        "split": pa.array(np.zeros(len(uris), bool)),
+    }))
+    store.update_index()
+    (folder / "done").write_text("")
+    return archive, folder
+
+
+def _uri(archive: Path, i: int) -> str:
+    return str(archive / "audio" / f"{i // 1000:04d}" / f"{i:07d}.wav")
+
+
+def _write_shards(job: tuple[str, str, int, int]) -> None:
+    import pyarrow as pa
+
+    from pipeline import inputs
+    from pipeline.commit import write_parts
+    from pipeline.schema import FileRow, SegmentRow
+    from pipeline.store import OutputStore
+
+    archive, folder, first, end = job
+    store = OutputStore(folder)
+    config = types.SimpleNamespace(fingerprint=store.read_job().fingerprint, lease_owner=None)  # all write_parts reads
+    text = " He hoped there would be stew for dinner, turnips and carrots and bruised potatoes."
+    for shard in range(first, end):
+        files, segments = [], []
+        for i in range(shard * UNITS_PER_SHARD, (shard + 1) * UNITS_PER_SHARD):
+            uri = _uri(Path(archive), i)
+            uid = inputs.unit_id(uri)
+            files.append(FileRow(unit_id=uid, uri=uri, shard=shard, status="ok", attempts=1, size_bytes=32_044,
+                                 duration_s=1.0, language="en", segments=SEGMENTS_PER_UNIT, decode_s=0.01,
+                                 transcribe_s=0.1, rtfx=10.0, node="bench/node", model="tiny.en"))
+            segments += [SegmentRow(unit_id=uid, uri=uri, shard=shard, segment=k, start=0.3 * k, end=0.3 * k + 0.3,
+                                    text=text, avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.3,
+                                    temperature=0.0, language="en") for k in range(SEGMENTS_PER_UNIT)]
+        units = pa.table({"shard": pa.array([shard] * UNITS_PER_SHARD, pa.int32()),
+                          "unit_id": [f.unit_id for f in files], "uri": [f.uri for f in files]})
+        store.commit(shard, write_parts(shard, units, files, segments, store, config, 1, time.time(), "bench/node"))
+
+
+def read_side(shards: int) -> None:
+    """A rerun with nothing to do, `status`, `verify` and a `query` of a finished folder."""
+    started = time.perf_counter()
+    archive, folder = finished_folder(shards)
+    built = time.perf_counter() - started
+    print(f"a finished folder of {shards:,} shards ({shards * UNITS_PER_SHARD:,} files, "
+          f"{shards * UNITS_PER_SHARD * SEGMENTS_PER_UNIT:,} segments; local disk"
+          + (f"; built in {built:.0f} s)" if built > 1 else ")"))
+    for name, args, expect in (
+        ("rerun (lists the archive, nothing to do)", ["run", str(archive / "audio"), "-o", str(folder), "--no-progress"],
+         "this run: 0 shard(s) transcribed"),
+        ("status", ["status", str(folder)], "(complete)"),
+        ("verify", ["verify", str(folder)], "OK:"),
+        ('query "select count(*) from files"', ["query", str(folder), "select count(*) from files"],
+         f"{shards * UNITS_PER_SHARD}"),
+    ):
+        wall, peak_mb, output = _measured([sys.executable, "-m", "pipeline.cli", *args])
+        if expect not in output:
+            raise RuntimeError(f"{name} did not say {expect!r}: {output[-2000:]}")
+        print(f"  {name:<42} {wall:6.1f} s  peak RSS {peak_mb:6.0f} MB")
+
+
+def _measured(command: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, the process's peak RSS in MB, its output) of `command`."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as output:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command} exited {process.returncode}: {text[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", default="10000,100000", help="archive sizes, comma-separated")
     parser.add_argument("--shards", type=int, default=2000, help="shards for the dispatch overhead (0: skip it)")
     parser.add_argument("--status", default="10000", help="committed shards for `status`, comma-separated (empty: skip)")
+    parser.add_argument("--read", default="", help="shards of a finished folder for status, verify and query, "
+                                                   "comma-separated (empty: skip)")
     args = parser.parse_args()
+    for shards in [int(n) for n in args.read.split(",") if n]:
+        read_side(shards)
     for shards in [int(n) for n in args.status.split(",") if n]:
         status_reads(shards)
     print("time to the first shard (embedded Ray, 10 files per shard)")
