@@ -46,9 +46,9 @@ class Verification:
 def verify(store: OutputStore, *, require_complete: bool = True) -> Verification:
     """Read every committed part and marker of `store` and list what breaks the contract.
 
-    Shards are read in parallel (`store.PARALLEL_REQUESTS` at once) and only the key
-    columns of each part are kept once its sha256 is checked, so memory grows with the
-    number of segments, not with the text.
+    Shards of an object store are read in parallel (`store.PARALLEL_REQUESTS` at once);
+    only the key columns of each part are kept once its sha256 is checked, so memory
+    grows with the number of segments, not with the text.
 
     Args:
         require_complete: report planned shards without a marker as problems (else notes).
@@ -73,7 +73,9 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
 
     indexed = store.indexed_markers()
     parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
-    with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+    # Threads wait on an object store's answers for each other; on a local disk they only
+    # fight over the GIL (10^3 shards: 2.9 s with 16 threads, 1.2 s with one).
+    with ThreadPoolExecutor(1 if store.local else PARALLEL_REQUESTS) as pool:
         checked = pool.map(lambda shard: _check_shard(store, shard, indexed.get(shard)), sorted(committed & planned_shards))
         for problems, keys in checked:
             v.problems += problems
