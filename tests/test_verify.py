@@ -53,9 +53,25 @@ def _problems(out) -> str:
 
 def test_a_duplicated_segment(out):
     shard = _shard_with_segments(out)
+    first = pq.read_table(out / "segments" / f"part-{shard:06d}.parquet").slice(0, 1).to_pylist()[0]
     _rewrite(out, "segments", shard, lambda t: pa.concat_tables([t, t.slice(0, 1)]), fix_marker=True)
     problems = _problems(out)
-    assert "appears 2 times" in problems and "sha256" not in problems
+    assert f"segment {first['segment']} of unit {first['unit_id']} appears 2 times" in problems
+    assert f"unit {first['unit_id']}: files says" in problems and "sha256" not in problems
+
+
+def test_a_unit_in_files_that_no_committed_shard_plans(out):
+    shard = _shard_with_segments(out)
+    lost = pq.read_table(out / "files" / f"part-{shard:06d}.parquet").column("unit_id")[0].as_py()
+
+    def stranger(t: pa.Table) -> pa.Table:
+        ids = ["stranger", *t.column("unit_id").to_pylist()[1:]]
+        return t.set_column(t.schema.get_field_index("unit_id"), "unit_id", pa.array(ids, pa.string()))
+
+    _rewrite(out, "files", shard, stranger, fix_marker=True)
+    problems = _problems(out)
+    assert "unit stranger is in files but not planned in a committed shard" in problems
+    assert f"unit {lost} appears 0 times in files" in problems
 
 
 def test_a_missing_part(out):
