@@ -67,7 +67,7 @@ def folder_options(job: JobRecord) -> WhisperOptions:
             f"{job.output or 'the output folder'} was transcribed by another version of bulkscribe (options "
             f"{', '.join(sorted(unknown))} no longer exist); run the job again into a new --output"
         )
-    return WhisperOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return WhisperOptions(**fields)  # it makes the temperature list a tuple again
 
 
 def with_folder_options(spec: JobSpec, job: JobRecord | None) -> JobSpec:
