@@ -38,6 +38,38 @@ def test_views_show_committed_shards_only(transcribed, tmp_path):
     assert out.files.count_rows() < 4
 
 
+def test_files_parts_with_different_manifest_columns_are_matched_by_name(transcribed, tmp_path):
+    """A plan appended from a manifest with a new column: the shards written before it
+    lack the column, the later ones have it; the views read both, by column name."""
+    import pyarrow as pa
+
+    from pipeline.store import OutputStore
+
+    copy = tmp_path / "out"
+    shutil.copytree(transcribed, copy)
+    store = OutputStore(str(copy))
+    plan = pq.read_table(copy / "_plan" / "part-000000.parquet")
+    last = max(plan.column("shard").to_pylist())
+    later = plan.filter(pa.compute.equal(plan.column("shard"), last))
+    tape = pa.array(["reel 7"] * later.num_rows)
+    pq.write_table(plan.filter(pa.compute.not_equal(plan.column("shard"), last)), copy / "_plan" / "part-000000.parquet")
+    pq.write_table(later.append_column("tape", tape), copy / "_plan" / "part-000001.parquet")
+    files = pq.read_table(copy / "files" / f"part-{last:06d}.parquet")
+    written = store.write_part("files", last, files.append_column("tape", pa.array(["reel 7"] * files.num_rows)))
+    marker = json.loads((copy / "_commits" / f"{last:06d}.json").read_text())
+    marker["parts"]["files"] = written.to_json()
+    (copy / "_commits" / f"{last:06d}.json").write_text(json.dumps(marker))
+
+    out = open_output(str(copy))
+    assert not out.uniform
+    rows = out.sql("select shard, tape, status from files order by shard").fetchall()
+    assert len(rows) == 4 and all(s is not None for _, _, s in rows)
+    assert {(shard, tape) for shard, tape, _ in rows if tape is not None} == {(last, "reel 7")}
+    assert sum(1 for _, tape, _ in rows if tape is None) == 4 - files.num_rows
+    assert out.files.to_table().column("tape").null_count == 4 - files.num_rows
+    assert out.sql("select count(*) from plan where tape = 'reel 7'").fetchall()[0][0] == later.num_rows
+
+
 def test_query_command_formats(transcribed, tmp_path):
     sql = "select uri, status, duration_s from files order by uri"
     table = bulkscribe("query", str(transcribed), sql)
