@@ -25,7 +25,8 @@ from pipeline.plan import estimate_audio_s
 # A file is split only if it is at least this many windows long.
 SPLIT_AT_WINDOWS = 1.5
 SEAM_MARGIN_S = 8.0
-PROBES_AT_ONCE = 2 * (os.cpu_count() or 1)
+# ffprobe processes at once: each waits on the disk as much as it computes.
+PROBES_AT_ONCE = 2 * len(os.sched_getaffinity(0))
 _FRAME_S = 0.02
 
 
