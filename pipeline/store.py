@@ -19,6 +19,7 @@ marker is created create-only, and the first commit wins.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -162,6 +163,10 @@ class OutputStore:
             return None
 
     def glob(self, pattern: str) -> list[str]:
+        if self.local:
+            # The standard library lists 10^5 markers in a tenth of a second; fsspec's
+            # glob asks for each file's details (3.3 s).
+            return sorted(glob.glob(glob.escape(posixpath.dirname(pattern)) + "/" + posixpath.basename(pattern)))
         # Object-store filesystems cache listings; markers and parts appear while we run.
         self.fs.invalidate_cache(posixpath.dirname(pattern))
         return sorted(retry(lambda: strict_listing(self.fs, "glob", pattern), f"list {pattern}"))
@@ -206,6 +211,9 @@ class OutputStore:
         return path
 
     def read_bytes(self, path: str) -> bytes:
+        if self.local:
+            with open(path, "rb") as f:  # a third of fsspec's time for a small file
+                return f.read()
         return retry(lambda: self.fs.cat_file(path), f"read {path}")
 
     def read_parquet(self, path: str) -> pa.Table:
@@ -275,11 +283,15 @@ class OutputStore:
         whatever the index says), and a run that writes a shard's marker again (`retry-failed`,
         or a run after a marker was deleted) takes the shard out of the index first
         (`unindex`), so an entry is never older than its marker."""
+        return {shard: CommitMarker.from_json(json.loads(blob)) for shard, blob in self.index_entries().items()}
+
+    def index_entries(self) -> dict[int, str]:
+        """The index as it is stored: each shard's marker as JSON text (parsing 10^5 of
+        them takes seconds: `verify` leaves it to its workers)."""
         table = self._index_table()
         if table is None:
             return {}
-        return {shard: CommitMarker.from_json(json.loads(blob))
-                for shard, blob in zip(table.column("shard").to_pylist(), table.column("marker").to_pylist())}
+        return dict(zip(table.column("shard").to_pylist(), table.column("marker").to_pylist()))
 
     def _index_table(self) -> pa.Table | None:
         try:

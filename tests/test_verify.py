@@ -121,3 +121,28 @@ def test_a_marker_index_that_disagrees_with_the_markers(out):
     stale = dataclasses.replace(markers[0], statuses={"ok": 0, "no_speech": 0, "failed": markers[0].units})
     store.write_index([stale, *markers[1:]])
     assert f"shard {markers[0].shard}: the marker index" in _problems(out)
+
+
+def test_shards_checked_by_processes_report_the_same(out, monkeypatch):
+    """A large local folder is checked by a process per CPU, a block of shards each: with
+    blocks of one shard, this small folder goes that way, problems and all."""
+    import pipeline.verify as verifying
+
+    shards = sorted(int(p.stem) for p in (out / "_commits").glob("*.json"))
+    assert len(shards) > verifying.PROCESSES_FROM_BLOCKS
+    before = verify(OutputStore(str(out)))
+    monkeypatch.setattr(verifying, "BLOCK_SHARDS", 1)
+    spawned = []
+    real = verifying.ProcessPoolExecutor
+    monkeypatch.setattr(verifying, "ProcessPoolExecutor", lambda *a, **k: spawned.append(a) or real(*a, **k))
+    after = verify(OutputStore(str(out)))
+    assert spawned and after.ok and after.format() == before.format()
+    broken = _shard_with_segments(out)
+    missing = max(s for s in shards if s != broken)
+    (out / "files" / f"part-{missing:06d}.parquet").unlink()
+    _rewrite(out, "segments", broken, lambda t: t.slice(1), fix_marker=False)
+    problems = _problems(out).splitlines()
+    found = [p for p in problems if p.startswith("shard ")]
+    expected = {broken: f"shard {broken}: sha256 of the segments part does not match its marker",
+                missing: f"shard {missing}: marker exists but files part is missing"}
+    assert [p for p in found if p in expected.values()] == [expected[s] for s in sorted(expected)]  # shard order
