@@ -4,7 +4,6 @@ pending shards through the actor pool (`pipeline.dispatch`), record the run."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -24,14 +23,11 @@ from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, Wo
                              fingerprint_fields)
 from pipeline.ray_session import RaySession, actor_env, autoscaler_request, joins_cluster, ray_session, run_setup_hook
 from pipeline.records import JobRecord, RunRecord
-from pipeline.report import Summary, format_summary, summarize
+from pipeline.resume import check_fingerprint, folder_options, with_folder_options
+from pipeline.report import Progress, Summary, summarize
 from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
-
-class JobMismatchError(ValueError):
-    """The output folder holds a job whose transcripts would differ from this one's."""
-
 
 def run(spec: JobSpec) -> Summary:
     """Transcribe everything `spec` names into `spec.output`, resuming what is there.
@@ -55,35 +51,6 @@ def run(spec: JobSpec) -> Summary:
     os.environ[DRIVER_PID_ENV] = str(os.getpid())
     with Lease(store) as lease:
         return _run_locked(spec, store, model, units, started, lease)
-
-
-def folder_options(job: JobRecord) -> WhisperOptions:
-    """The decoding options the folder's transcripts were made with."""
-    fields = dict(job.fingerprint_fields)
-    fields.pop("model_sha256", None)
-    unknown = set(fields) - {f.name for f in dataclasses.fields(WhisperOptions)}
-    if unknown:
-        raise JobMismatchError(
-            f"{job.output or 'the output folder'} was transcribed by another version of bulkscribe (options "
-            f"{', '.join(sorted(unknown))} no longer exist); run the job again into a new --output"
-        )
-    return WhisperOptions(**fields)  # it makes the temperature list a tuple again
-
-
-def with_folder_options(spec: JobSpec, job: JobRecord | None) -> JobSpec:
-    """`spec` with the decoding options it leaves open taken from the folder's job."""
-    if job is None or spec.whisper_given is None:
-        return spec
-    try:
-        folder = folder_options(job)
-    except JobMismatchError:
-        return spec  # `check_fingerprint` refuses the folder and says why
-    follow = {f.name: getattr(folder, f.name) for f in dataclasses.fields(WhisperOptions)
-              if f.name not in spec.whisper_given}
-    changed = [f"{k}={v!r}" for k, v in follow.items() if getattr(spec.whisper, k) != v]
-    if changed:
-        logger.info("options not given follow the folder's job: %s", ", ".join(changed))
-    return dataclasses.replace(spec, whisper=dataclasses.replace(spec.whisper, **follow), whisper_given=None)
 
 
 def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None:
@@ -140,19 +107,6 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
                                lease=lease, autoscale=joins_cluster(spec))
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease,
                        sessions[0].logs if sessions else None)
-
-
-def check_fingerprint(job: JobRecord, fields: dict[str, Any]) -> None:
-    """Refuse to resume into a folder whose transcripts were made differently."""
-    if job.fingerprint == fingerprint(fields):
-        return
-    old = job.fingerprint_fields
-    diffs = [f"{k}: {old.get(k)!r} in the folder, {v!r} now" for k, v in fields.items() if old.get(k) != v]
-    raise JobMismatchError(
-        f"{job.output or 'the output folder'} was transcribed with other options, and one folder "
-        f"holds one set of options. Differences: {'; '.join(diffs) or 'unknown'}. "
-        "Use the folder's options again, or another --output."
-    )
 
 
 def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any], shard_audio_s: float) -> JobRecord:
@@ -339,34 +293,6 @@ def _execute(
     return results
 
 
-class Progress:
-    """The progress bar's figures. It moves by each finished shard's planned audio (file
-    sizes estimate it before decoding), so its total never changes and the time left is
-    the planned work left at the speed so far; the audio measured after decoding and the
-    real-time factor are shown beside it. Rescaling the total by a few early shards made
-    it swing (18 -> 36 -> 26 audio-min) and the ETA read 7:54 for a run that ended at 1:37.
-    """
-
-    def __init__(self, est_s: dict[int, float]):
-        self.est_s = est_s
-        self.total_min = round(sum(est_s.values()) / 60, 1)
-        self.shards = self.failed = 0
-        self.audio_s = 0.0
-        self.started = time.monotonic()
-
-    def add(self, result: ShardResult) -> float:
-        """Count a finished shard; returns the bar's step, in planned audio-minutes."""
-        self.shards += 1
-        self.failed += result.failed
-        self.audio_s += result.audio_s
-        return self.est_s[result.shard] / 60
-
-    def postfix(self) -> str:
-        rate = self.audio_s / max(time.monotonic() - self.started, 1e-9)
-        return (f"shards {self.shards}/{len(self.est_s)}, {self.audio_s / 60:.1f} audio-min measured, "
-                f"{rate:.1f}x RT, failed {self.failed}")
-
-
 def _versions() -> dict[str, str]:
     found = {}
     for dist in ("bulkscribe", "faster-whisper", "ctranslate2", "ray", "pyarrow"):
@@ -377,4 +303,4 @@ def _versions() -> dict[str, str]:
     return found
 
 
-__all__ = ["run", "check_fingerprint", "JobMismatchError", "format_summary"]
+__all__ = ["run", "retry_failed"]

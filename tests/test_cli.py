@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline.cli import build_parser, spec_from_args
+from pipeline.arguments import build_parser, spec_from_args
 
 
 def bulkscribe(*args: str, cwd=None) -> subprocess.CompletedProcess:

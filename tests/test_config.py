@@ -100,7 +100,7 @@ def test_pipeline_run_stays_the_function_once_the_job_module_is_imported():
 
 
 def test_a_rerun_takes_the_folders_options_where_none_is_given():
-    from pipeline.job import with_folder_options
+    from pipeline.resume import with_folder_options
     from pipeline.records import JobRecord
 
     made_with = WhisperOptions(beam_size=5, word_timestamps=True)

@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.config import JobSpec, WhisperOptions
 from tests.wer import wer
-from pipeline.job import JobMismatchError, run
+from pipeline.job import run
+from pipeline.resume import JobMismatchError
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from tests.conftest import make_bad_files
 
@@ -193,7 +194,7 @@ def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, 
 
 def test_the_progress_total_stays_put_and_ends_full():
     from pipeline.commit import ShardResult
-    from pipeline.job import Progress
+    from pipeline.report import Progress
 
     planned = {0: 600.0, 1: 600.0, 2: 1200.0}  # estimates from file sizes
     tally = Progress(planned)
