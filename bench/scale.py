@@ -11,7 +11,9 @@ Then the dispatch overhead alone: shards that do nothing, handed to 2 actors by
 shard, as bulkscribe did before), side by side in one run.
 
 Then `status` (`report.summarize`) on a finished folder of synthetic commit markers,
-reading every marker and reading the marker index, with the storage requests of each.
+reading every marker and reading the marker index, with the storage requests of each;
+with `--status-s3`, `bulkscribe status` of that folder uploaded to a moto S3 server, with
+the HTTP requests the server answered.
 
 Last, the read side of a finished folder of N shards with real parts (10 files of 3
 segments per shard, written by the actors' own `commit.write_parts`, markers and index as
@@ -19,7 +21,7 @@ a run leaves them): `bulkscribe status`, `verify` and `query "select count(*) fr
 files"`, each a process of its own, with its wall time and peak resident memory.
 
     python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
-                          [--read 10000,100000]
+                          [--status-s3 10000] [--read 10000,100000]
 """
 
 from __future__ import annotations
@@ -207,6 +209,61 @@ def status_reads(shards: int) -> None:
         print(f"  {side:<22} {wall:6.1f} s  {calls['reads']:>7,} reads  {calls['listings']:>3} listings")
 
 
+def status_s3(shards: int) -> None:
+    """`bulkscribe status` of the folder of `status_reads` on a moto S3 server on loopback:
+    wall time (one process) and the HTTP requests the server answered, counted from its
+    request log."""
+    import socket
+
+    import s3fs
+
+    from pipeline.store import OutputStore
+
+    folder = WORK / f"status-{shards}"
+    if not (folder / "done").exists():
+        status_reads(shards)
+    OutputStore(str(folder)).update_index()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = WORK / "moto.log"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    with open(log, "w") as requests:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=requests, stderr=subprocess.STDOUT, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+        fs.mkdir("bench")
+        started = time.perf_counter()
+        fs.put([str(p) for p in sorted(folder.rglob("*")) if p.is_file()],
+               [f"bench/status/{p.relative_to(folder)}" for p in sorted(folder.rglob("*")) if p.is_file()])
+        print(f"status on {shards:,} committed shards on a moto S3 server (uploaded in "
+              f"{time.perf_counter() - started:.0f} s)")
+        before = _requests(log)
+        wall, peak_mb, output = _measured([sys.executable, "-m", "pipeline.cli", "status", "s3://bench/status",
+                                           "--storage-option", f"endpoint_url={endpoint}"], env=env)
+        if "(complete)" not in output:
+            raise RuntimeError(f"status did not finish: {output[-2000:]}")
+        print(f"  status (marker index)  {wall:6.1f} s  {_requests(log) - before:>5,} requests  peak RSS {peak_mb:.0f} MB")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _requests(log: Path) -> int:
+    """HTTP requests in moto's log so far (one line each: `"GET /bench?list-type=2 ..." 200`)."""
+    return sum(1 for line in log.read_text(errors="replace").splitlines() if '" 2' in line or '" 3' in line
+               or '" 4' in line or '" 5' in line)
+
+
 UNITS_PER_SHARD = 10
 SEGMENTS_PER_UNIT = 3
 
@@ -308,13 +365,13 @@ def read_side(shards: int) -> None:
         print(f"  {name:<42} {wall:6.1f} s  peak RSS {peak_mb:6.0f} MB")
 
 
-def _measured(command: list[str]) -> tuple[float, float, str]:
+def _measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(wall seconds, the process's peak RSS in MB, its output) of `command`."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as output:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -330,6 +387,8 @@ def main() -> None:
     parser.add_argument("--files", default="10000,100000", help="archive sizes, comma-separated")
     parser.add_argument("--shards", type=int, default=2000, help="shards for the dispatch overhead (0: skip it)")
     parser.add_argument("--status", default="10000", help="committed shards for `status`, comma-separated (empty: skip)")
+    parser.add_argument("--status-s3", default="", help="committed shards for `status` on a moto S3 server, "
+                                                        "comma-separated (empty: skip)")
     parser.add_argument("--read", default="", help="shards of a finished folder for status, verify and query, "
                                                    "comma-separated (empty: skip)")
     args = parser.parse_args()
@@ -337,6 +396,8 @@ def main() -> None:
         read_side(shards)
     for shards in [int(n) for n in args.status.split(",") if n]:
         status_reads(shards)
+    for shards in [int(n) for n in args.status_s3.split(",") if n]:
+        status_s3(shards)
     print("time to the first shard (embedded Ray, 10 files per shard)")
     for files in [int(n) for n in args.files.split(",") if n]:
         first, peak = time_to_first_shard(files)
