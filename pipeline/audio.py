@@ -10,7 +10,11 @@ still a name. We do not use PyAV's whole-file `decode_audio`: it peaked at 1.7 G
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -18,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -36,6 +41,12 @@ GAP_TOLERANCE_SHARE = 0.02
 # With -loglevel level+info ffmpeg tags each line: "[in#0 @ 0x55..] [error] moov atom not found".
 _ERROR_LINE = re.compile(r"\[(?:error|fatal|panic)\] (.*)$")
 _COPY_CHUNK = 1 << 22
+# The node's cache of remote files split into windows (`cached_copy`): its folder,
+# its size, and how long a copy must have been idle before it may be removed (a window
+# being decoded refreshes its copy's time).
+CACHE_ENV = "BULKSCRIBE_AUDIO_CACHE"
+CACHE_BYTES = 20 << 30
+CACHE_IDLE_S = 3600.0
 _VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*: Video: (?!mjpeg|png)")
 
 
@@ -93,8 +104,9 @@ def decode(
     """Decode `[start_s, end_s)` of `uri` to 16 kHz mono float32.
 
     Local files are read by ffmpeg in place. Other URLs are first copied, in chunks,
-    to a local temporary file: containers such as mp4 keep their index at the end and
-    cannot be decoded from a pipe.
+    to a local temporary file (containers such as mp4 keep their index at the end and
+    cannot be decoded from a pipe); for a window of a file, to the node's cache
+    (`cached_copy`), where its other windows find it.
 
     Raises:
         DecodeError: with `error_type` `empty_file`, `no_audio_stream`, `decode_error`
@@ -111,9 +123,14 @@ def decode(
                 raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
         return _run_ffmpeg(path, start_s, end_s, timeout_s)
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if retry(lambda: fs.size(path), f"stat {uri}") == 0:
+    info = retry(lambda: fs.info(path), f"stat {uri}")
+    if info.get("size") == 0:
         raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
     suffix = posixpath.splitext(path)[1]
+    if start_s > 0 or end_s is not None:
+        # A window (or the stretch around a seam) of a long remote file: its other
+        # windows and seams will want the same bytes.
+        return _run_ffmpeg(cached_copy(fs, path, uri, info), start_s, end_s, timeout_s)
     with tempfile.NamedTemporaryFile(prefix="bulkscribe-", suffix=suffix) as tmp:
 
         def copy() -> None:
@@ -125,6 +142,65 @@ def decode(
 
         retry(copy, f"download {uri}")
         return _run_ffmpeg(tmp.name, start_s, end_s, timeout_s)
+
+
+def cache_dir() -> str:
+    """The node's cache of remote files being decoded window by window."""
+    return os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "bulkscribe-audio-cache")
+
+
+def cached_copy(fs: fsspec.AbstractFileSystem, path: str, uri: str, info: dict) -> str:
+    """A local copy of the remote file `uri`, downloaded once per node and version.
+
+    The copy is named by the URI, size and ETag (or modification time), so a file
+    replaced in the store is fetched again, never decoded from a stale copy. Actors of
+    one node wait for each other's download (a lock file), so a file split in ten
+    windows is downloaded once, not once per window and seam. Copies not used for
+    `CACHE_IDLE_S` are removed once the cache holds more than `CACHE_BYTES`.
+    """
+    version = [uri, info.get("size")] + [str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified") if k in info]
+    key = hashlib.sha256(json.dumps(version).encode()).hexdigest()[:32]
+    folder = cache_dir()
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, key + posixpath.splitext(path)[1])
+    with open(os.path.join(folder, key + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(target):
+            os.utime(target)  # in use: not the next to go
+            return target
+        _make_room(folder, info.get("size") or 0)
+        partial = f"{target}.{os.getpid()}.part"
+
+        def copy() -> None:
+            with fs.open(path, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+
+        try:
+            retry(copy, f"download {uri}")
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    logger.info("downloaded %s into the node's cache (%s)", uri, target)
+    return target
+
+
+def _make_room(folder: str, incoming: int) -> None:
+    """Remove idle copies, oldest first, until `incoming` more bytes fit in `CACHE_BYTES`."""
+    entries = []
+    for entry in os.scandir(folder):
+        if entry.name.endswith((".lock", ".part")):
+            continue
+        stat = entry.stat()
+        entries.append((stat.st_mtime, stat.st_size, entry.path))
+    used = sum(size for _, size, _ in entries)
+    now = time.time()
+    for mtime, size, name in sorted(entries):
+        if used + incoming <= CACHE_BYTES or now - mtime < CACHE_IDLE_S:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+            used -= size
 
 
 def probe_duration(uri: str, timeout_s: float | None = 60.0) -> float | None:

@@ -31,12 +31,13 @@ _FRAME_S = 0.02
 
 
 def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0) -> pa.Table:
-    """`units` with each long local file replaced by its windows (column `split` true).
+    """`units` with each long file replaced by its windows (column `split` true).
 
-    Only whole local files are split: a remote file would be downloaded once per window,
-    so it stays whole. A file's duration is the manifest's (`duration_s`) where it gives
-    one; otherwise files whose size says they may be long are measured (ffmpeg reads the
-    container header), several at once. The last window of a file never has an end, so
+    A file's duration is the manifest's (`duration_s`) where it gives one; otherwise a
+    local file whose size says it may be long is measured (ffmpeg reads the container
+    header), several at once. A remote file without a duration stays whole: measuring it
+    would download it at plan time. The windows of a remote file are decoded from one
+    copy per node (`audio.cached_copy`). The last window of a file never has an end, so
     a duration that is too short loses nothing.
     """
     if not window_s or units.num_rows == 0:
@@ -47,11 +48,11 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0)
     to_probe = []
     for i, row in enumerate(rows):
         whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
-        if not whole or audio.local_path(row["uri"]) is None:
+        if not whole:
             continue
         if row.get("duration_s") is not None:
             durations[i] = row["duration_s"]
-        elif estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
+        elif audio.local_path(row["uri"]) is not None and estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
             to_probe.append(i)
     # Each probe is an ffmpeg process that spends most of its ~30 ms starting.
     with ThreadPoolExecutor(PROBES_AT_ONCE) as pool:

@@ -1,5 +1,6 @@
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,56 @@ def test_decodes_containers_to_16k_mono_float32(speech_dir, rel, seconds):
 def test_window_decoding(speech_dir):
     samples = audio.decode(str(speech_dir / "misc" / "jfk.flac"), start_s=2.0, end_s=5.0).samples
     assert len(samples) == 3 * audio.SAMPLE_RATE
+
+
+def test_windows_of_a_remote_file_share_one_download_per_version(tmp_path, speech_dir, monkeypatch):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    monkeypatch.setenv(audio.CACHE_ENV, str(tmp_path / "cache"))
+    local = speech_dir / "librivox" / "shakespeare_sonnet_001.mp3"
+    uri = "memory://archive/sonnet.mp3"
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/archive/sonnet.mp3", local.read_bytes())
+    opened = []
+    real_open = MemoryFileSystem._open
+    def reading(self, path, mode="rb", *args, **kwargs):
+        if mode.startswith("r"):
+            opened.append(path)
+        return real_open(self, path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "_open", reading)
+    try:
+        for start, end in ((0.0, 20.0), (20.0, 40.0), (40.0, None), (12.0, 28.0)):
+            remote = audio.decode(uri, start_s=start, end_s=end).samples
+            assert np.array_equal(remote, audio.decode(str(local), start_s=start, end_s=end).samples)
+        assert len(opened) == 1  # three windows and a seam's stretch: one download
+        assert len(list((tmp_path / "cache").glob("*.mp3"))) == 1
+        # The file replaced in the store: its windows come from the new bytes, never the old copy.
+        other = speech_dir / "librispeech" / "1089-134686-0000.flac"
+        fs.pipe_file("/archive/sonnet.mp3", other.read_bytes())
+        assert np.array_equal(audio.decode(uri, start_s=0.0, end_s=5.0).samples,
+                              audio.decode(str(other), start_s=0.0, end_s=5.0).samples)
+        assert len(opened) == 2
+        # A whole file is decoded from a temporary copy, not kept.
+        audio.decode(uri)
+        assert len(opened) == 3 and len(list((tmp_path / "cache").glob("*.mp3"))) == 2
+    finally:
+        fs.rm("/archive", recursive=True)
+
+
+def test_the_cache_removes_idle_copies_oldest_first(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    now = time.time()
+    for name, idle_s in (("old.wav", 7200), ("older.wav", 9000), ("busy.wav", 60)):
+        (folder / name).write_bytes(b"x" * 100)
+        os.utime(folder / name, (now - idle_s, now - idle_s))
+    monkeypatch.setattr(audio, "CACHE_BYTES", 300)
+    audio._make_room(str(folder), 100)  # 300 + 100 bytes: the oldest idle copy makes room
+    assert sorted(p.name for p in folder.iterdir()) == ["busy.wav", "old.wav"]
+    audio._make_room(str(folder), 1000)  # still too much, but a copy in use is never removed
+    assert sorted(p.name for p in folder.iterdir()) == ["busy.wav"]
 
 
 def test_names_with_shell_characters_are_never_interpreted(tmp_path, speech_dir, monkeypatch):

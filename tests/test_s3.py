@@ -117,3 +117,30 @@ def test_http_inputs(corpus, tmp_path):
         assert any("wizard" in t.lower() for *_, t in transcripts(out))
     finally:
         server.shutdown()
+
+
+def test_a_long_remote_file_is_split_and_downloaded_once_per_node(s3, tmp_path, speech_dir):
+    """Windows of a file on S3 (its duration from the manifest): each window and seam is
+    decoded from the node's one copy, and the transcript is whole."""
+    import duckdb
+    import s3fs
+
+    from tests.test_windows import _reading
+    from tests.wer import wer
+
+    target, reference = _reading(tmp_path / "in", speech_dir, 150)
+    s3fs.S3FileSystem(endpoint_url=s3).put_file(str(target), "audio/long/reading.wav")
+    from pipeline import audio
+
+    duration = audio.probe_duration(str(target))
+    manifest = tmp_path / "long.csv"
+    manifest.write_text(f"uri,duration_s\ns3://audio/long/reading.wav,{duration:.3f}\n")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run_ok(manifest, out, "--window-minutes", "1", "--storage-option", f"endpoint_url={s3}",
+           env={audio.CACHE_ENV: str(cache)})
+    files = duckdb.sql(f"select start_s, end_s, status from '{out}/files/*.parquet' order by start_s").fetchall()
+    assert len(files) == 3 and all(status == "ok" for *_, status in files)
+    assert files[0][0] == 0.0 and files[-1][1] is None
+    assert [p.suffix for p in cache.iterdir() if p.suffix != ".lock"] == [".wav"]  # one copy, no partial download
+    text = duckdb.sql(f"select string_agg(text, ' ' order by start) from '{out}/segments/*.parquet'").fetchall()[0][0]
+    assert wer([reference], [text]) < 0.1

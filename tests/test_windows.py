@@ -75,6 +75,26 @@ def test_a_duration_from_the_manifest_plans_windows_without_probing(tmp_path, sp
     assert str(target) not in probed
 
 
+def test_a_remote_file_is_split_when_the_manifest_gives_its_duration(tmp_path, speech_dir, monkeypatch):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    clip = (speech_dir / "misc" / "jfk.flac").read_bytes()
+    fs.pipe_file("/archive/long.flac", clip)
+    fs.pipe_file("/archive/unknown.flac", clip * 40)  # large, but its length is not known
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri,duration_s\nmemory://archive/long.flac,150\nmemory://archive/unknown.flac,\n")
+    monkeypatch.setattr(audio, "probe_duration", lambda *a, **k: pytest.fail("a remote file was probed at plan time"))
+    try:
+        rows = windows.split_long(inputs.expand([str(manifest)]), 60.0).to_pylist()
+    finally:
+        fs.rm("/archive", recursive=True)
+    assert [(r["start_s"], r["end_s"]) for r in rows if r["uri"].endswith("long.flac")] == [
+        (0.0, 60.0), (60.0, 120.0), (120.0, None)]
+    assert [(r["start_s"], r["end_s"], r["split"]) for r in rows if r["uri"].endswith("unknown.flac")] == [
+        (0.0, None, False)]
+
+
 def test_seams_fall_in_silence_and_both_neighbours_agree(tmp_path, speech_dir):
     target, _ = _reading(tmp_path / "in", speech_dir, 120)
     samples = audio.decode(str(target)).samples
