@@ -98,6 +98,9 @@ def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None)
         else:
             files = _list_audio(fs, path, item)
             tables.append(_units_table([canonical_uri(fs, p) for p in files], list(files.values())))
+        # Object-store filesystems keep every listing they made (10^6 keys: about a GB of
+        # the driver's memory for the whole run); the plan has what it needs from them.
+        fs.invalidate_cache()
     table = pa.concat_tables(tables, promote_options="permissive")
     return _dedupe_sorted(table)
 

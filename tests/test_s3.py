@@ -144,3 +144,15 @@ def test_a_long_remote_file_is_split_and_downloaded_once_per_node(s3, tmp_path, 
     assert [p.suffix for p in cache.iterdir() if p.suffix != ".lock"] == [".wav"]  # one copy, no partial download
     text = duckdb.sql(f"select string_agg(text, ' ' order by start) from '{out}/segments/*.parquet'").fetchall()[0][0]
     assert wer([reference], [text]) < 0.1
+
+
+def test_listings_are_not_kept_after_expansion(s3):
+    import fsspec
+
+    from pipeline import inputs
+
+    options = {"endpoint_url": s3}
+    units = inputs.expand(["s3://audio/in"], options)
+    assert units.num_rows > 3
+    fs, _ = fsspec.core.url_to_fs("s3://audio/in", **options)  # the same cached instance
+    assert not fs.dircache
