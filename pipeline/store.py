@@ -19,7 +19,7 @@ marker is created create-only, and the first commit wins.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import hashlib
 import io
 import json
@@ -164,9 +164,15 @@ class OutputStore:
 
     def glob(self, pattern: str) -> list[str]:
         if self.local:
-            # The standard library lists 10^5 markers in a tenth of a second; fsspec's
-            # glob asks for each file's details (3.3 s).
-            return sorted(glob.glob(glob.escape(posixpath.dirname(pattern)) + "/" + posixpath.basename(pattern)))
+            # One scandir lists 10^5 markers in a tenth of a second; fsspec's glob asks
+            # for each file's details (3.3 s). Like strict_listing, a folder that cannot
+            # be read raises; one that does not exist holds nothing.
+            folder, name = posixpath.split(pattern)
+            try:
+                with os.scandir(folder) as entries:
+                    return sorted(e.path for e in entries if not e.name.startswith(".") and fnmatch.fnmatchcase(e.name, name))
+            except FileNotFoundError:
+                return []
         # Object-store filesystems cache listings; markers and parts appear while we run.
         self.fs.invalidate_cache(posixpath.dirname(pattern))
         return sorted(retry(lambda: strict_listing(self.fs, "glob", pattern), f"list {pattern}"))

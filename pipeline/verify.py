@@ -187,7 +187,11 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[l
             continue
         if hashlib.sha256(data).hexdigest() != expected.sha256:
             problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
-        part = read_parquet_bytes(data, columns=_KEYS[table])
+        try:
+            part = read_parquet_bytes(data, columns=_KEYS[table])
+        except (pa.ArrowException, OSError) as exc:  # torn or overwritten: no rows to count
+            problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
+            continue
         if part.num_rows != expected.rows:
             problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.rows}")
         keys[table] = part

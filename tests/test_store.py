@@ -2,6 +2,7 @@ import os
 import threading
 
 import pyarrow as pa
+import pytest
 
 from pipeline.records import CommitMarker
 from pipeline.store import OutputStore
@@ -151,3 +152,19 @@ def test_the_index_is_written_again_only_when_it_differs_from_the_markers(tmp_pa
     assert sorted(store.indexed_markers()) == [1, 2, 3]
     store.unindex([2, 7])
     assert sorted(store.indexed_markers()) == [1, 3]
+
+
+def test_local_listings_match_the_pattern_and_fail_loudly(tmp_path):
+    store = OutputStore(str(tmp_path / "out"))
+    assert store.committed() == set()  # no folder yet: nothing committed
+    commits = tmp_path / "out" / "_commits"
+    commits.mkdir(parents=True)
+    for name in ("000001.json", "000002.json", ".000003.json.tmp", "000004.txt", "1000000.json"):
+        (commits / name).write_text("{}")
+    assert store.committed() == {1, 2, 1000000}
+    assert store.glob(store.path("_commits", "*.json")) == [str(commits / n) for n in ("000001.json", "000002.json", "1000000.json")]
+    broken = OutputStore(str(tmp_path / "broken"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "_commits").write_text("")  # a folder that cannot be listed
+    with pytest.raises(NotADirectoryError):
+        broken.committed()  # a listing that fails must not read as "nothing committed"

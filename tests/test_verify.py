@@ -88,6 +88,15 @@ def test_a_part_that_does_not_match_its_marker(out):
     assert "rows, marker says" in problems
 
 
+def test_a_torn_part_is_reported_not_raised(out):
+    shard = _shard_with_segments(out)
+    path = out / "segments" / f"part-{shard:06d}.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as a copy cut short would leave it
+    problems = _problems(out)
+    assert f"shard {shard}: sha256 of the segments part does not match its marker" in problems
+    assert f"shard {shard}: segments part cannot be read as Parquet" in problems
+
+
 def test_a_unit_lost_from_files(out):
     shard = _shard_with_segments(out)
     _rewrite(out, "files", shard, lambda t: t.slice(1), fix_marker=True)
