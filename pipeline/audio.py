@@ -132,16 +132,21 @@ def decode(
         # windows and seams will want the same bytes.
         return _run_ffmpeg(cached_copy(fs, path, uri, info), start_s, end_s, timeout_s)
     with tempfile.NamedTemporaryFile(prefix="bulkscribe-", suffix=suffix) as tmp:
-
-        def copy() -> None:
-            tmp.seek(0)
-            tmp.truncate()
-            with fs.open(path, "rb") as src:
-                shutil.copyfileobj(src, tmp, _COPY_CHUNK)
-            tmp.flush()
-
-        retry(copy, f"download {uri}")
+        _download(fs, path, uri, tmp)
         return _run_ffmpeg(tmp.name, start_s, end_s, timeout_s)
+
+
+def _download(fs: fsspec.AbstractFileSystem, path: str, uri: str, dst) -> None:
+    """Copy the remote file into the open binary file `dst`, in chunks; a retry starts over."""
+
+    def copy() -> None:
+        dst.seek(0)
+        dst.truncate()
+        with fs.open(path, "rb") as src:
+            shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        dst.flush()
+
+    retry(copy, f"download {uri}")
 
 
 def cache_dir() -> str:
@@ -170,13 +175,9 @@ def cached_copy(fs: fsspec.AbstractFileSystem, path: str, uri: str, info: dict) 
             return target
         _make_room(folder, info.get("size") or 0)
         partial = f"{target}.{os.getpid()}.part"
-
-        def copy() -> None:
-            with fs.open(path, "rb") as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
-
         try:
-            retry(copy, f"download {uri}")
+            with open(partial, "wb") as dst:
+                _download(fs, path, uri, dst)
             os.replace(partial, target)
         finally:
             if os.path.exists(partial):
