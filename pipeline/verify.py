@@ -22,7 +22,8 @@ from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, read_parquet_
 
 # The columns the checks across shards need; the text is not kept.
 _KEYS = {"files": ["unit_id", "segments"], "segments": ["unit_id", "segment"]}
-_SCHEMAS = {"files": FILES_SCHEMA, "segments": SEGMENTS_SCHEMA}
+# Their types, for a table of no parts.
+_KEY_FIELDS = {f.name: f for f in (*FILES_SCHEMA, *SEGMENTS_SCHEMA)}
 # Shards are checked in blocks of this many, each block's key columns joined into one
 # table (10^5 small tables cost far more than their rows: 2.3 GB in all).
 BLOCK_SHARDS = 1000
@@ -121,11 +122,8 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
 
 def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
     if not tables:
-        return pa.schema([_SCHEMAS_BY_COLUMN[c] for c in columns]).empty_table()
+        return pa.schema([_KEY_FIELDS[c] for c in columns]).empty_table()
     return pa.concat_tables(tables, promote_options="permissive")
-
-
-_SCHEMAS_BY_COLUMN = {f.name: f for schema in _SCHEMAS.values() for f in schema}
 
 
 def _counted(table: pa.Table, keys: list[str]) -> pa.Table:
