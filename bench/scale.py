@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,8 +264,7 @@ def status_s3(shards: int) -> None:
 
 def _requests(log: Path) -> int:
     """HTTP requests in moto's log so far (one line each: `"GET /bench?list-type=2 ..." 200`)."""
-    return sum(1 for line in log.read_text(errors="replace").splitlines() if '" 2' in line or '" 3' in line
-               or '" 4' in line or '" 5' in line)
+    return len(re.findall(r'HTTP/1\.[01]" [2-5]\d\d ', log.read_text(errors="replace")))
 
 
 UNITS_PER_SHARD = 10
