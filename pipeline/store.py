@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -241,8 +242,30 @@ class OutputStore:
             logger.info("shard %06d was already committed by an earlier attempt; this one is dropped", shard)
         return created
 
-    def committed(self) -> set[int]:
-        return self.shards_in("_commits", "*.json")
+    def committed(self, among: Iterable[int] | None = None) -> set[int]:
+        """The committed shards, or those of `among` only. In an object store `among` is
+        found by listing only the key ranges of 1,000 shard numbers (names alike but for
+        their last three digits: a listing page each) that hold one of them,
+        `PARALLEL_REQUESTS` ranges at once: the pages of one listing come one after
+        another, 100 of them for 10^5 markers."""
+        if among is None:
+            return self.shards_in("_commits", "*.json")
+        among = set(among)
+        if not among:
+            return set()
+        if self.local or not _lists_by_prefix(self.fs):
+            return self.shards_in("_commits", "*.json") & among
+        folder = self.path("_commits")
+        prefixes = sorted({f"{shard:06d}"[:-3] for shard in among})  # 000123.json: "000"; 1234567.json: "1234"
+
+        def listed(prefix: str) -> list[str]:
+            self.fs.invalidate_cache(folder)
+            # No strict_listing: these filesystems list a prefix in one request, and raise.
+            return retry(lambda: self.fs.find(folder, prefix=prefix), f"list {folder}/{prefix}*")
+
+        with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+            paths = [p for found in pool.map(listed, prefixes) for p in found]
+        return {int(m.group(1)) for p in paths if (m := _SHARD_FILE_RE.search(posixpath.basename(p)))} & among
 
     def shards_in(self, folder: str, pattern: str) -> set[int]:
         """The shard numbers of the files in `folder` matching `pattern` (markers, parts, intents)."""
@@ -273,10 +296,27 @@ class OutputStore:
         committed = sorted(self.committed())
         indexed = self.indexed_markers()
         missing = [s for s in committed if s not in indexed]
-        with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
-            fetched = dict(zip(missing, pool.map(self.read_marker, missing)))
+        fetched = self._read_markers(missing)
         markers = [m for s in committed if (m := indexed.get(s) or fetched.get(s)) is not None]
         return markers, bool(missing) or len(indexed) != len(committed)
+
+    def reported_markers(self, planned: Iterable[int]) -> list[CommitMarker]:
+        """The markers of the `planned` shards for a report (`status`), read cheaply: the
+        index's, and those of the shards it lacks, found by listing only their key ranges.
+        A finished job's folder is then read with the index alone (`markers()` lists all
+        10^5 markers of one). Runs write the index from the markers and `retry-failed`
+        takes a shard out of it before replacing its marker, so the two agree unless a
+        marker was deleted by hand: such a shard counts here until the next run rewrites
+        the index, and `verify` (which lists every marker) reports it."""
+        indexed = self.indexed_markers()
+        planned = set(planned)
+        lacking = sorted(self.committed(among=planned - indexed.keys()))
+        fetched = self._read_markers(lacking)
+        return [m for s in sorted(planned) if (m := indexed.get(s) or fetched.get(s)) is not None]
+
+    def _read_markers(self, shards: list[int]) -> dict[int, CommitMarker | None]:
+        with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+            return dict(zip(shards, pool.map(self.read_marker, shards)))
 
     # -- marker index --------------------------------------------------------------
 
@@ -351,6 +391,11 @@ class OutputStore:
 
     def runs(self) -> list[RunRecord]:
         return [RunRecord.from_json(r) for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
+
+
+def _lists_by_prefix(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs.find` takes `prefix` (s3fs, gcsfs: a listing of the keys that start so)."""
+    return "prefix" in inspect.signature(fs.find).parameters
 
 
 def strict_listing(fs: fsspec.AbstractFileSystem, method: str, path: str, **kwargs):

@@ -156,3 +156,32 @@ def test_listings_are_not_kept_after_expansion(s3):
     assert units.num_rows > 3
     fs, _ = fsspec.core.url_to_fs("s3://audio/in", **options)  # the same cached instance
     assert not fs.dircache
+
+
+def test_markers_the_index_lacks_are_found_by_listing_only_their_key_ranges(s3):
+    from pipeline.records import CommitMarker
+    from pipeline.store import OutputStore
+
+    store = OutputStore("s3://audio/ranges", {"endpoint_url": s3})
+    for shard in (5, 1005, 2999, 7001):
+        store.commit(shard, CommitMarker(shard=shard, attempt=1, node="n", parts={}, units=1, statuses={"ok": 1},
+                                         audio_s=1.0, wall_s=1.0))
+    store.write_index([store.read_marker(5), store.read_marker(7001)])
+    prefixes = []
+    find = store.fs.find
+
+    def counted_find(path, prefix="", **kwargs):
+        prefixes.append(prefix)
+        return find(path, prefix=prefix, **kwargs)
+
+    store.fs.find = counted_find
+    try:
+        assert store.committed(among=[1005, 2005, 2999, 7001]) == {1005, 2999, 7001}
+        assert sorted(prefixes) == ["001", "002", "007"]
+        prefixes.clear()
+        # A report reads the index, and lists only the ranges of the planned shards it lacks.
+        assert [m.shard for m in store.reported_markers([5, 1005, 1006, 2999, 7001])] == [5, 1005, 2999, 7001]
+        assert sorted(prefixes) == ["001", "002"]
+    finally:
+        del store.fs.find
+    assert store.committed() == {5, 1005, 2999, 7001}

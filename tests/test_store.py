@@ -132,6 +132,33 @@ def test_markers_come_from_the_index_and_only_shards_it_lacks_are_read(tmp_path,
     assert [m.shard for m in store.markers()] == [0, 1, 3, 4, 5]
 
 
+def test_a_report_reads_the_index_and_only_the_markers_of_planned_shards_it_lacks(tmp_path, monkeypatch):
+    from pipeline.report import summarize
+    from pipeline.verify import verify
+
+    store = OutputStore(str(tmp_path / "out"))
+    store.append_plan(pa.table({"unit_id": [f"u{i}" for i in range(5)], "shard": pa.array(range(5), pa.int32())}))
+    for shard in range(3):
+        store.commit(shard, _marker(shard, "first"))
+    store.update_index()
+    store.commit(3, _marker(3, "later"))  # committed after the index was written
+    reads = []
+    read_marker = store.read_marker
+    monkeypatch.setattr(store, "read_marker", lambda shard: reads.append(shard) or read_marker(shard))
+    assert [m.shard for m in store.reported_markers(range(5))] == [0, 1, 2, 3]
+    assert reads == [3]
+    summary = summarize(store)
+    assert (summary.shards_planned, summary.shards_committed) == (5, 4)
+    # A marker deleted by hand still counts for reports until a run writes the index
+    # again; the markers themselves (what a run resumes from) and verify say otherwise.
+    os.unlink(store.marker_path(1))
+    assert [m.shard for m in store.reported_markers(range(5))] == [0, 1, 2, 3]
+    assert [m.shard for m in store.markers()] == [0, 2, 3]
+    assert any("shard 1: the marker index" in n and "its marker is gone" in n for n in verify(store).notes)
+    store.update_index()
+    assert [m.shard for m in store.reported_markers(range(5))] == [0, 2, 3]
+
+
 def test_the_index_is_written_again_only_when_it_differs_from_the_markers(tmp_path, monkeypatch):
     store = OutputStore(str(tmp_path / "out"))
     for shard in range(3):
