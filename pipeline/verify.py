@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,7 +21,7 @@ from pipeline.records import CommitMarker
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, read_parquet_bytes
 
-# The columns the checks across shards need; the text is not kept.
+# The columns the checks of segments against units need; the text is not kept.
 _KEYS = {"files": ["unit_id", "segments"], "segments": ["unit_id", "segment"]}
 # Their types, for a table of no parts.
 _KEY_FIELDS = {f.name: f for f in (*FILES_SCHEMA, *SEGMENTS_SCHEMA)}
@@ -88,20 +89,19 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
                           "is gone, so status counts it as committed until a run writes the index again")
     shards = sorted(committed & planned_shards)
     blocks = [shards[i:i + BLOCK_SHARDS] for i in range(0, len(shards), BLOCK_SHARDS)]
-    parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
-    for problems, keys in _checked_blocks(store, blocks, indexed):
-        v.problems += problems
-        for table in TABLES:
-            parts[table].append(keys[table])
+    unit_ids: list[pa.ChunkedArray] = []
+    for block in _checked_blocks(store, blocks, indexed):
+        v.problems += block.problems
+        v.segments += block.segments
+        unit_ids.append(block.unit_ids)
 
     for table in TABLES:
         for shard in sorted(store.shards_in(table, "part-*.parquet") - committed):
             v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; a rerun replaces it)")
 
-    # The checks across shards run on Arrow tables (10^5 shards hold 3 x 10^6 segment
-    # keys: Python tuples in a Counter took about 2.6 GB).
-    files = _concat(parts["files"], _KEYS["files"])
-    segments = _concat(parts["segments"], _KEYS["segments"])
+    # Every committed unit exactly once in `files`, across all shards: on Arrow tables
+    # (10^6 unit ids as Python strings in a Counter took over a GB).
+    files = _concat([pa.table({"unit_id": ids}) for ids in unit_ids], ["unit_id"])
     committed_units = pc.unique(
         plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id"))
     found = _counted(files, ["unit_id"])
@@ -111,16 +111,17 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
         v.problems.append(f"unit {uid} appears {n or 0} times in files")
     for (uid,) in zip(*_columns(found.filter(pc.invert(pc.is_in(found["unit_id"], committed_units))), "unit_id")):
         v.problems.append(f"unit {uid} is in files but not planned in a committed shard")
-    v.segments = segments.num_rows
-    twice = _counted(segments, ["unit_id", "segment"])
-    for uid, seg, n in zip(*_columns(twice.filter(pc.greater(twice["n"], 1)), "unit_id", "segment", "n")):
-        v.problems.append(f"segment {seg} of unit {uid} appears {n} times")
-    if files.num_rows:
-        per_unit = files.join(_counted(segments, ["unit_id"]), "unit_id", join_type="left outer")
-        differ = pc.not_equal(pc.fill_null(per_unit["segments"], 0), pc.fill_null(per_unit["n"], 0))
-        for uid, count, n in zip(*_columns(per_unit.filter(differ), "unit_id", "segments", "n")):
-            v.problems.append(f"unit {uid}: files says {count} segments, segments has {n or 0}")
     return v
+
+
+@dataclass
+class _Block:
+    """What the check of a block of shards hands back: its problems, the unit ids of its
+    `files` parts (for the check across all shards) and its number of segments."""
+
+    problems: list[str]
+    unit_ids: pa.ChunkedArray
+    segments: int
 
 
 def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
@@ -157,15 +158,40 @@ def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[i
 
 
 def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str],
-                 pool: ThreadPoolExecutor | None = None) -> tuple[list[str], dict[str, pa.Table]]:
-    """The problems of `shards` (`_check_shard`) and their key columns, one table each."""
-    checked = (pool.map if pool else map)(lambda shard: _check_shard(store, shard, indexed.get(shard)), shards)
-    problems, keys = [], {table: [] for table in TABLES}
-    for shard_problems, shard_keys in checked:
-        problems += shard_problems
-        for table, key in shard_keys.items():
-            keys[table].append(key)
-    return problems, {t: _concat(keys[t], _KEYS[t]).combine_chunks() for t in TABLES}
+                 pool: ThreadPoolExecutor | None = None) -> _Block:
+    """The problems of `shards`, each on its own (`_check_shard`) and of their segments
+    against their units (`_segment_problems`)."""
+    checked = list((pool.map if pool else map)(lambda shard: _check_shard(store, shard, indexed.get(shard)), shards))
+    problems = [p for shard_problems, _ in checked for p in shard_problems]
+    keys = {}
+    for table in TABLES:
+        tables = [(shard, k[table]) for shard, (_, k) in zip(shards, checked) if table in k]
+        keyed = _concat([t for _, t in tables], _KEYS[table])
+        counts = [t.num_rows for _, t in tables]
+        keys[table] = keyed.append_column("shard", pa.array(np.repeat([s for s, _ in tables], counts), pa.int32()))
+    problems += _segment_problems(keys["files"], keys["segments"])
+    return _Block(problems, keys["files"].column("unit_id"), keys["segments"].num_rows)
+
+
+def _segment_problems(files: pa.Table, segments: pa.Table) -> list[str]:
+    """Segments against the units of their own shard: no segment twice, each unit's
+    count as `files` says, no segment of a unit its shard's `files` part does not list.
+    With every unit in one shard's `files` (checked across all shards), that makes the
+    segments right across all shards too."""
+    problems = []
+    twice = _counted(segments, ["unit_id", "segment"])
+    for uid, seg, n in zip(*_columns(twice.filter(pc.greater(twice["n"], 1)), "unit_id", "segment", "n")):
+        problems.append(f"segment {seg} of unit {uid} appears {n} times")
+    listed = files.append_column("listed", pa.array(np.ones(files.num_rows, bool)))
+    per_unit = listed.join(_counted(segments, ["shard", "unit_id"]), ["shard", "unit_id"], join_type="full outer")
+    unlisted = pc.is_null(per_unit["listed"])
+    for shard, uid in zip(*_columns(per_unit.filter(unlisted), "shard", "unit_id")):
+        problems.append(f"shard {shard}: segments of unit {uid}, which its files part does not list")
+    differ = pc.and_(pc.invert(unlisted),
+                     pc.not_equal(pc.fill_null(per_unit["segments"], 0), pc.fill_null(per_unit["n"], 0)))
+    for uid, count, n in zip(*_columns(per_unit.filter(differ), "unit_id", "segments", "n")):
+        problems.append(f"unit {uid}: files says {count} segments, segments has {n or 0}")
+    return problems
 
 
 def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[list[str], dict[str, pa.Table]]:

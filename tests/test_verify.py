@@ -60,6 +60,25 @@ def test_a_duplicated_segment(out):
     assert f"unit {first['unit_id']}: files says" in problems and "sha256" not in problems
 
 
+def test_a_segment_moved_into_another_shards_part(out, monkeypatch):
+    """Segments are checked against the units of their own shard; one moved to another
+    shard is found even when the two shards are checked apart (blocks of one shard)."""
+    import pipeline.verify as verifying
+
+    monkeypatch.setattr(verifying, "BLOCK_SHARDS", 1)
+    source = _shard_with_segments(out)
+    target = next(int(p.stem) for p in sorted((out / "_commits").glob("*.json")) if int(p.stem) != source)
+    moved = pq.read_table(out / "segments" / f"part-{source:06d}.parquet").slice(0, 1)
+    uid = moved.column("unit_id")[0].as_py()
+    listed = pq.read_table(out / "files" / f"part-{source:06d}.parquet").to_pylist()
+    count = next(row["segments"] for row in listed if row["unit_id"] == uid)
+    _rewrite(out, "segments", source, lambda t: t.slice(1), fix_marker=True)
+    _rewrite(out, "segments", target, lambda t: pa.concat_tables([t, moved.cast(t.schema)]), fix_marker=True)
+    problems = _problems(out)
+    assert f"shard {target}: segments of unit {uid}, which its files part does not list" in problems
+    assert f"unit {uid}: files says {count} segments, segments has {count - 1}" in problems
+
+
 def test_a_unit_in_files_that_no_committed_shard_plans(out):
     shard = _shard_with_segments(out)
     lost = pq.read_table(out / "files" / f"part-{shard:06d}.parquet").column("unit_id")[0].as_py()
