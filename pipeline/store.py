@@ -79,12 +79,15 @@ def read_parquet_bytes(data: bytes, columns: list[str] | None = None) -> pa.Tabl
     reader.open(pa.BufferReader(sink.getvalue()))
     if columns is None:
         return reader.read_all(use_threads=threads)
+    # Leaf columns, a top-level one as [name]: looking names up here is cheaper than
+    # `column_name_idx`, which goes through the whole schema for each name.
+    paths = reader.column_paths
     indices = []
     for name in columns:
         try:
-            indices.append(reader.column_name_idx(name))
-        except KeyError:
-            raise pa.ArrowInvalid(f"no column {name!r} in the Parquet data") from None
+            indices.append(paths.index([name]))
+        except ValueError:
+            raise pa.ArrowInvalid(f"no top-level column {name!r} in the Parquet data") from None
     return reader.read_all(column_indices=indices, use_threads=threads)
 
 

@@ -10,7 +10,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,38 +74,41 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
         v.problems.append("no plan (_plan/ is empty): not a bulkscribe output folder, or planning never finished")
         return v
     planned_shards = set(pc.unique(plan.column("shard")).to_pylist())
-    v.units_planned, v.shards_planned = plan.num_rows, len(planned_shards)
-    planned = _counted(plan.select(["unit_id"]), ["unit_id"])
-    for uid, n in zip(*_columns(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
-        v.problems.append(f"unit {uid} is planned {n} times")
     committed = store.committed()
-    v.shards_committed = len(committed & planned_shards)
-    for shard in sorted(committed - planned_shards):
-        v.problems.append(f"marker for shard {shard}, which is not in the plan")
-    for shard in sorted(planned_shards - committed):
-        (v.problems if require_complete else v.notes).append(f"shard {shard} is not committed")
-
     indexed = store.index_entries()
-    for shard in sorted(indexed.keys() - committed):  # a marker deleted by hand, to run the shard again
-        v.notes.append(f"shard {shard}: the marker index (_index/markers.parquet) holds it, but its marker "
-                          "is gone, so status counts it as committed until a run writes the index again")
     shards = sorted(committed & planned_shards)
     blocks = [shards[i:i + BLOCK_SHARDS] for i in range(0, len(shards), BLOCK_SHARDS)]
     unit_ids: list[pa.ChunkedArray] = []
-    for block in _checked_blocks(store, blocks, indexed):
-        v.problems += block.problems
-        v.segments += block.segments
-        unit_ids.append(block.unit_ids)
-
-    for table in TABLES:
-        for shard in sorted(store.shards_in(table, "part-*.parquet") - committed):
-            v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; a rerun replaces it)")
+    with ExitStack() as stack:
+        # Processes (for a large local folder) start on the blocks now; the checks of
+        # the plan and the listings run here meanwhile.
+        checked = _checked_blocks(store, blocks, indexed, stack)
+        v.units_planned, v.shards_planned = plan.num_rows, len(planned_shards)
+        planned = _counted(plan.select(["unit_id"]), ["unit_id"])
+        for uid, n in zip(*_columns(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
+            v.problems.append(f"unit {uid} is planned {n} times")
+        v.shards_committed = len(shards)
+        for shard in sorted(committed - planned_shards):
+            v.problems.append(f"marker for shard {shard}, which is not in the plan")
+        for shard in sorted(planned_shards - committed):
+            (v.problems if require_complete else v.notes).append(f"shard {shard} is not committed")
+        for shard in sorted(indexed.keys() - committed):  # a marker deleted by hand, to run the shard again
+            v.notes.append(f"shard {shard}: the marker index (_index/markers.parquet) holds it, but its marker "
+                           "is gone, so status counts it as committed until a run writes the index again")
+        for table in TABLES:
+            for shard in sorted(store.shards_in(table, "part-*.parquet") - committed):
+                v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; "
+                               "a rerun replaces it)")
+        committed_units = pc.unique(
+            plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id"))
+        for block in checked:
+            v.problems += block.problems
+            v.segments += block.segments
+            unit_ids.append(block.unit_ids)
 
     # Every committed unit exactly once in `files`, across all shards: on Arrow tables
     # (10^6 unit ids as Python strings in a Counter took over a GB).
     files = _concat([pa.table({"unit_id": ids}) for ids in unit_ids], ["unit_id"])
-    committed_units = pc.unique(
-        plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id"))
     found = _counted(files, ["unit_id"])
     v.units_found = files.num_rows
     expected = pa.table({"unit_id": committed_units}).join(found, "unit_id", join_type="left outer")
@@ -139,22 +144,21 @@ def _columns(table: pa.Table, *names: str) -> list[list]:
     return [table.column(name).to_pylist() for name in names]
 
 
-def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[int, str]):
-    """`_check_block` of each block, in order: by a process per CPU for a large local
-    folder, else here (an object store's shards by `PARALLEL_REQUESTS` threads, which
-    wait on its answers for each other; on a local disk threads only fight over the GIL:
-    10^3 shards took 2.9 s with 16 threads, 1.2 s with one)."""
+def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[int, str],
+                    stack: ExitStack) -> Iterator[_Block]:
+    """`_check_block` of each block, in order. A large local folder's blocks go to a
+    process per CPU at once; otherwise each is checked here as it is asked for (an object
+    store's shards by `PARALLEL_REQUESTS` threads, which wait on its answers for each
+    other; on a local disk threads only fight over the GIL: 10^3 shards took 2.9 s with
+    16 threads, 1.2 s with one). The pools end with `stack`."""
     work = [(store, block, {s: indexed[s] for s in block if s in indexed}) for block in blocks]
     processes = min(len(os.sched_getaffinity(0)), len(blocks))
     if store.local and len(blocks) > PROCESSES_FROM_BLOCKS and processes > 1:
         # spawn: the caller may hold threads (Arrow's, Ray's) that a fork would copy mid-flight.
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            yield from pool.map(_check_block, *zip(*work))
-        return
-    threads = 1 if store.local else PARALLEL_REQUESTS
-    with ThreadPoolExecutor(threads) as pool:
-        for args in work:
-            yield _check_block(*args, pool=pool)
+        pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")))
+        return pool.map(_check_block, *zip(*work))  # every block is submitted here
+    threads = stack.enter_context(ThreadPoolExecutor(1 if store.local else PARALLEL_REQUESTS))
+    return (_check_block(*args, pool=threads) for args in work)
 
 
 def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str],
@@ -198,8 +202,12 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[l
     """The problems of one committed shard's marker and parts, and the key columns of its
     parts (`_KEYS`) for the checks across shards."""
     problems, keys = [], {}
-    marker = store.read_marker(shard)
-    if indexed is not None and CommitMarker.from_json(json.loads(indexed)) != marker:
+    written = store.read_json(store.marker_path(shard))
+    marker = None if written is None else CommitMarker.from_json(written)
+    # The same JSON is the same marker; other JSON may still be (written by an older
+    # bulkscribe, without fields the index's has), so that is compared as markers.
+    if indexed is not None and (index_json := json.loads(indexed)) != written and \
+            CommitMarker.from_json(index_json) != marker:
         problems.append(f"shard {shard}: the marker index (_index/markers.parquet) holds another marker "
                         "than _commits/, so status would misreport it")
     for table in TABLES:
