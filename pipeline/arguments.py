@@ -125,6 +125,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language-check", default="base", metavar="MODEL",
                    help="with an English-only model, a multilingual model that names the language of doubtful "
                         "transcripts, to flag files that are not in English (default: base; 'none': no check)")
+    p.add_argument("--rescan", action="store_true",
+                   help="list the inputs again and plan files added since the folder was planned (a rerun with "
+                        "the folder's own inputs otherwise goes by its saved plan)")
     p.add_argument("--shard-minutes", type=float, default=None,
                    help="audio per shard in minutes (default: chosen from the collection size)")
     p.add_argument("--window-minutes", type=float, default=10.0,
@@ -171,6 +174,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         unit_timeout_s=args.unit_timeout,
         window_s=args.window_minutes * 60 or None,
         language_check=None if args.language_check.lower() == "none" else args.language_check,
+        rescan=args.rescan,
     )
 
 

@@ -168,6 +168,8 @@ class JobSpec:
     job already in the output folder, if there is one, so that a rerun needs only its
     inputs and output whatever the defaults were when the folder was started (None:
     every field was chosen, and a folder made otherwise is refused).
+    `rescan`: list the inputs again on a rerun and plan the files added since; without
+    it, a rerun naming the inputs the folder was started with goes by its saved plan.
     """
 
     inputs: tuple[str, ...]
@@ -182,6 +184,7 @@ class JobSpec:
     window_s: float | None = 600.0
     language_check: str | None = "base"
     whisper_given: frozenset[str] | None = None
+    rescan: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -201,6 +204,7 @@ class JobSpec:
         data = dataclasses.asdict(self)
         data.pop("storage_options")
         data.pop("whisper_given")
+        data.pop("rescan")  # a choice of one run, not of the job
         data["whisper"]["temperature"] = list(self.whisper.temperature)
         data["inputs"] = list(self.inputs)
         return data

@@ -157,6 +157,19 @@ def test_new_inputs_are_appended_as_new_shards(finished, tmp_path, speech_dir):
     assert "ask not what your country" in text.lower()
 
 
+def test_a_rerun_goes_by_the_saved_plan_and_lists_the_inputs_again_when_asked(ray_cluster, tmp_path, speech_dir):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(speech_dir / "misc" / "jfk.flac", archive / "first.flac")
+    spec = JobSpec(inputs=(str(archive),), output=str(tmp_path / "out"), progress=False)
+    assert run(spec).units_done == 1
+    shutil.copy(speech_dir / "misc" / "jfk.flac", archive / "added-later.flac")
+    again = run(spec)  # the folder's own inputs: its saved plan, no listing
+    assert again.shards_ran == 0 and again.units_planned == 1
+    rescanned = run(dataclasses.replace(spec, rescan=True))
+    assert rescanned.shards_ran == 1 and rescanned.units_planned == 2 and rescanned.complete
+
+
 def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, speech_dir):
     from pipeline.job import retry_failed
     from pipeline.verify import verify
