@@ -65,21 +65,22 @@ def estimates(units: pa.Table) -> list[float]:
 def assign_shards(units: pa.Table, first_shard: int, shard_audio_s: float) -> pa.Table:
     """Number shards from `first_shard` over `units` in their (sorted) order.
 
-    A shard closes once its estimated audio reaches `shard_audio_s`; a file larger than
-    that is a shard of its own, and so is each window of a split file (column `split`),
-    so that a lost window costs only itself.
+    A shard closes once its estimated audio reaches `shard_audio_s`, and a unit larger
+    than that is a shard of its own. Windows of split files are units like any other:
+    the windows of several files may share a shard (10^6 hour-long files in windows of
+    10 minutes would otherwise be 6 x 10^6 shards), and a lost shard costs at most
+    `shard_audio_s` of audio either way.
 
     Returns:
         `units` with `shard` (int32) and `est_audio_s` (float64) added first.
     """
     shards, shard, filled = [], first_shard, 0.0
     est = estimates(units)
-    split = units.column("split").to_pylist() if "split" in units.column_names else [False] * units.num_rows
-    for seconds, alone in zip(est, split):
-        if filled > 0 and (alone or filled + seconds > shard_audio_s):
+    for seconds in est:
+        if filled > 0 and filled + seconds > shard_audio_s:
             shard, filled = shard + 1, 0.0
         shards.append(shard)
-        filled += shard_audio_s if alone else seconds
+        filled += seconds
     table = units.add_column(0, "shard", pa.array(shards, pa.int32()))
     return table.add_column(table.schema.get_field_index("size_bytes") + 1, "est_audio_s", pa.array(est, pa.float64()))
 

@@ -1,7 +1,8 @@
 """Long files become several units: windows transcribed by different actors.
 
 The planner cuts a file of 1.5 windows or more at nominal boundaries k x window_s; each
-window is a unit of its own shard, so a lost window costs only that window. The
+window is a unit of its own, planned into shards like any unit (so the windows of one
+file run on several actors at once, and those of several files may share a shard). The
 actor that takes a window moves each nominal boundary to the middle of the longest
 silence within `SEAM_MARGIN_S` of it, found by Silero VAD on exactly that stretch of
 audio. Both neighbours decode the same stretch with the same command, so they find the

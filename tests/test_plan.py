@@ -4,11 +4,11 @@ from pipeline import inputs, plan
 from pipeline.schema import UNIT_SCHEMA
 
 
-def _units(sizes):
+def _units(sizes, durations=None):
     uris = [f"/a/{i:03d}.mp3" for i in range(len(sizes))]
     return pa.table(
         {"unit_id": [inputs.unit_id(u) for u in uris], "uri": uris, "size_bytes": sizes,
-         "start_s": [0.0] * len(uris), "end_s": [None] * len(uris), "duration_s": [None] * len(uris)},
+         "start_s": [0.0] * len(uris), "end_s": [None] * len(uris), "duration_s": durations or [None] * len(uris)},
         schema=UNIT_SCHEMA,
     )
 
@@ -20,6 +20,17 @@ def test_shards_close_at_the_target_and_big_files_stand_alone():
     shards = planned.column("shard").to_pylist()
     assert shards == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 5, 5, 5]
     assert planned.column("est_audio_s").to_pylist()[10] == 1000.0
+
+
+def test_windows_of_several_files_share_shards():
+    from pipeline import windows
+
+    units = _units([160_000] * 2, durations=[3000.0, 1500.0])  # as a manifest gives them
+    split = windows.split_long(units, 600.0)  # 5 windows, then 3 (the last 300 s)
+    planned = plan.assign_shards(split, 0, shard_audio_s=1800)
+    assert planned.column("est_audio_s").to_pylist() == [600.0] * 5 + [600.0, 600.0, 300.0]
+    # Three windows make a shard; the second file's first window joins the first file's last two.
+    assert planned.column("shard").to_pylist() == [0, 0, 0, 1, 1, 1, 2, 2]
 
 
 def test_planning_is_deterministic_and_appends_without_renumbering():

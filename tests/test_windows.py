@@ -125,7 +125,7 @@ def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, 
     out, text = results["windows"]
     files = duckdb.sql(f"select shard, start_s, end_s, status from '{out}/files/*.parquet' order by start_s").fetchall()
     assert len(files) >= 4 and all(status == "ok" for *_, status in files)
-    assert len({shard for shard, *_ in files}) == len(files)  # a window per shard: a lost one costs only itself
+    assert len({shard for shard, *_ in files}) == len(files)  # shards of a minute (the smallest): a window each
     assert files[0][1] == 0.0 and files[-1][2] is None
     for (_, _, end, _), (_, start, _, _) in zip(files, files[1:]):
         assert end == start and start % 60 != 0  # contiguous, and moved off the nominal boundary into a pause
