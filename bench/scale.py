@@ -347,7 +347,8 @@ def _write_shards(job: tuple[str, str, int, int]) -> None:
 
 
 def read_side(shards: int) -> None:
-    """A rerun with nothing to do, `status`, `verify` and a `query` of a finished folder."""
+    """Reruns with nothing to do (by the saved plan, and listing the archive again),
+    `status`, `verify` and a `query` of a finished folder."""
     started = time.perf_counter()
     archive, folder = finished_folder(shards)
     built = time.perf_counter() - started
@@ -355,8 +356,10 @@ def read_side(shards: int) -> None:
           f"{shards * UNITS_PER_SHARD * SEGMENTS_PER_UNIT:,} segments; local disk"
           + (f"; built in {built:.0f} s)" if built > 1 else ")"))
     for name, args, expect in (
-        ("rerun (lists the archive, nothing to do)", ["run", str(archive / "audio"), "-o", str(folder), "--no-progress"],
+        ("rerun (its saved plan, nothing to do)", ["run", str(archive / "audio"), "-o", str(folder), "--no-progress"],
          "this run: 0 shard(s) transcribed"),
+        ("rerun --rescan (lists the archive)", ["run", str(archive / "audio"), "-o", str(folder), "--no-progress",
+                                                "--rescan"], "this run: 0 shard(s) transcribed"),
         ("status", ["status", str(folder)], "(complete)"),
         ("verify", ["verify", str(folder)], "OK:"),
         ('query "select count(*) from files"', ["query", str(folder), "select count(*) from files"],

@@ -61,9 +61,10 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
     """Read every committed part and marker of `store` and list what breaks the contract.
 
     Shards are read in blocks (`_checked_blocks`): by a process per CPU in a large local
-    folder, by `store.PARALLEL_REQUESTS` requests at once in an object store. Only the
-    key columns of each part are kept once its sha256 is checked, so memory grows with
-    the number of segments, not with the text.
+    folder, by `store.PARALLEL_REQUESTS` requests at once in an object store. A block's
+    segments are checked against its units there (`_segment_problems`); only the unit
+    ids of its `files` parts come back, for the check across all shards, so memory grows
+    with the number of units, not with the segments or their text.
 
     Args:
         require_complete: report planned shards without a marker as problems (else notes).
