@@ -54,11 +54,12 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
               markers: list[CommitMarker] | None = None) -> Summary:
     """Counts over committed shards. `audio_s`/`wall_s`: what one run transcribed and its
     wall time; by default the totals of the runs that recorded themselves. `markers`:
-    the folder's markers, if the caller has just read them (else the marker index's and
-    those it lacks: `OutputStore.reported_markers`)."""
+    the folder's markers, if the caller has just read them (else those of the planned
+    shards, from the marker index and the markers it lacks: `OutputStore.reported_markers`;
+    in a folder without a plan, every marker)."""
     plan = store.read_plan()
     if markers is None:
-        markers = store.reported_markers([] if plan is None else pc.unique(plan.column("shard")).to_pylist())
+        markers = store.markers() if plan is None else store.reported_markers(pc.unique(plan.column("shard")).to_pylist())
     statuses = {s: sum(m.count(s) for m in markers) for s in STATUSES}
     runs = store.runs()
     summary = Summary(
