@@ -275,7 +275,7 @@ class OutputStore:
 
         with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
             paths = [p for found in pool.map(listed, prefixes) for p in found]
-        return {int(m.group(1)) for p in paths if (m := _SHARD_FILE_RE.search(posixpath.basename(p)))} & among
+        return _shard_numbers(posixpath.basename(p) for p in paths) & among
 
     def shards_in(self, folder: str, pattern: str) -> set[int]:
         """The shard numbers of the files in `folder` matching `pattern` (markers, parts, intents)."""
@@ -283,7 +283,7 @@ class OutputStore:
             names = _local_names(self.path(folder), pattern)
         else:
             names = [posixpath.basename(p) for p in self.glob(self.path(folder, pattern))]
-        return {int(m.group(1)) for name in names if (m := _SHARD_FILE_RE.search(name))}
+        return _shard_numbers(names)
 
     def replace_marker(self, shard: int, marker: CommitMarker) -> None:
         """Overwrite the marker of a committed shard (`retry-failed`, under the lease)."""
@@ -400,6 +400,11 @@ class OutputStore:
 
     def runs(self) -> list[RunRecord]:
         return [RunRecord.from_json(r) for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
+
+
+def _shard_numbers(names: Iterable[str]) -> set[int]:
+    """The shard numbers in file names (000042.json, part-000042.parquet); others are skipped."""
+    return {int(m.group(1)) for name in names if (m := _SHARD_FILE_RE.search(name))}
 
 
 def _local_names(folder: str, pattern: str) -> list[str]:
