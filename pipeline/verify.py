@@ -201,7 +201,7 @@ def _segment_problems(files: pa.Table, segments: pa.Table) -> list[str]:
 
 def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[list[str], dict[str, pa.Table]]:
     """The problems of one committed shard's marker and parts, and the key columns of its
-    parts (`_KEYS`) for the checks across shards."""
+    parts (`_KEYS`) for its block's check of segments against units."""
     problems, keys = [], {}
     written = store.read_json(store.marker_path(shard))
     marker = None if written is None else CommitMarker.from_json(written)
