@@ -98,13 +98,14 @@ def run_shards(
     Args:
         payload: a shard's plan rows as Arrow IPC bytes (`units_to_ipc`), asked
             for when the shard is handed to an actor.
-        env: the actors' environment (`run.actor_env`).
+        env: what the actors' environment needs beyond their worker processes' own
+            (`RaySession.actor_runtime_env`); none: a worker process of Ray's as it is.
     """
     import ray
     from ray.exceptions import RayActorError
 
     worker = ray.remote(ShardWorker).options(num_cpus=config.threads, max_restarts=0,
-                                             runtime_env={"env_vars": env})
+                                             **({"runtime_env": {"env_vars": env}} if env else {}))
     queue = deque(shards)
     starting: dict[Any, _Actor] = {}  # load() call -> actor
     busy: dict[Any, tuple[_Actor, int]] = {}  # process() call -> (actor, shard)

@@ -105,6 +105,13 @@ def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None)
     return _dedupe_sorted(table)
 
 
+def local_paths_exist(inputs: Iterable[str]) -> bool:
+    """Whether every input that is a plain local path (no URL, no glob) is there: a
+    cheap look before a listing that may take long (a mistyped path fails at once)."""
+    return all(os.path.exists(item) for item in inputs
+               if "://" not in item and not _GLOB_CHARS.intersection(item))
+
+
 def _kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
     """'file', 'directory', or None if nothing is there (transient errors are retried;
     fsspec's isdir/isfile would read them as "not there")."""

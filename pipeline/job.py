@@ -21,7 +21,8 @@ from pipeline.commit import ShardResult, iso, retry_intent_path
 from pipeline.dispatch import run_shards, units_to_ipc
 from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, WorkerConfig, fingerprint,
                              fingerprint_fields)
-from pipeline.ray_session import RaySession, actor_env, autoscaler_request, joins_cluster, ray_session, run_setup_hook
+from pipeline.ray_session import (OnDemandRay, RaySession, autoscaler_request, joins_cluster, ray_session,
+                                  run_setup_hook)
 from pipeline.records import JobRecord, RunRecord
 from pipeline.resume import check_fingerprint, folder_options, with_folder_options
 from pipeline.report import Progress, Summary, summarize
@@ -46,12 +47,15 @@ def run(spec: JobSpec) -> Summary:
     spec = with_folder_options(spec, job)
     model = models.resolve(spec.whisper.model)
     check_language(spec.whisper, model)
-    # Nothing is written before the inputs are known to exist.
-    units = None if _goes_by_saved_plan(spec, job, store) else inputs.expand(spec.inputs, spec.storage_options)
     # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
     os.environ[DRIVER_PID_ENV] = str(os.getpid())
-    with Lease(store) as lease:
-        return _run_locked(spec, store, model, units, started, lease)
+    with OnDemandRay(spec) as ray_runtime:
+        if job is None and inputs.local_paths_exist(spec.inputs):
+            ray_runtime.start_ahead()  # a new job will need it: Ray starts while the inputs are listed
+        # Nothing is written before the inputs are known to exist.
+        units = None if _goes_by_saved_plan(spec, job, store) else inputs.expand(spec.inputs, spec.storage_options)
+        with Lease(store) as lease:
+            return _run_locked(spec, store, model, units, started, lease, ray_runtime)
 
 
 def _goes_by_saved_plan(spec: JobSpec, job: JobRecord | None, store: OutputStore) -> bool:
@@ -79,46 +83,41 @@ def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None
 
 
 def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, units: pa.Table | None,
-                started: float, lease: Lease) -> Summary:
-    """`units`: the inputs as listed, or None to go by the saved plan."""
+                started: float, lease: Lease, ray_runtime: OnDemandRay) -> Summary:
+    """`units`: the inputs as listed, or None to go by the saved plan. Ray is asked for
+    only when there is work: a finished job reruns in a second."""
     fields = fingerprint_fields(spec.whisper, model.sha256)
     job = store.read_job()
     if job is not None:
         check_fingerprint(job, fields)
     results: list[ShardResult] = []
-    with contextlib.ExitStack() as stack:
-        sessions: list[RaySession] = []
-
-        def cluster_cpus() -> float:
-            # Ray starts (or is joined) only when there is work: a finished job reruns in a second.
-            if not sessions:
-                sessions.append(stack.enter_context(ray_session(spec)))
-            return sessions[0].cpus
-
-        if job is None:
-            total_s = sum(plan.estimates(units))
-            shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(total_s, spec.actors.actors_for(cluster_cpus()))
-            job = _new_job(spec, model, fields, shard_audio_s)
-            lease.check()
-            store.write_job(job)
-        planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease)
-        committed = store.committed()
-        shards = sorted(set(planned.column("shard").to_pylist()))
-        pending = [s for s in shards if s not in committed]
-        logger.info(
-            "%d unit(s) in %d shard(s): %d committed earlier (skipped), %d to run",
-            planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
-        )
-        if pending:
-            # A pending shard in the index lost its marker (deleted by hand): it is
-            # about to get a new one, which the index must not hide.
-            lease.check()
-            store.unindex(pending)
-            config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
-            results = _execute(planned, pending, config, spec.actors.pool(cluster_cpus(), len(pending)), spec.progress,
-                               lease=lease, autoscale=joins_cluster(spec))
-    return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease,
-                       sessions[0].logs if sessions else None)
+    if job is None:
+        total_s = sum(plan.estimates(units))
+        shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(
+            total_s, spec.actors.actors_for(ray_runtime.session().cpus))
+        job = _new_job(spec, model, fields, shard_audio_s)
+        lease.check()
+        store.write_job(job)
+    planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease)
+    committed = store.committed()
+    shards = sorted(set(planned.column("shard").to_pylist()))
+    pending = [s for s in shards if s not in committed]
+    logger.info(
+        "%d unit(s) in %d shard(s): %d committed earlier (skipped), %d to run",
+        planned.num_rows, len(shards), len(shards) - len(pending), len(pending),
+    )
+    if pending:
+        # A pending shard in the index lost its marker (deleted by hand): it is
+        # about to get a new one, which the index must not hide.
+        lease.check()
+        store.unindex(pending)
+        config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
+        session = ray_runtime.session()
+        results = _execute(planned, pending, config, spec.actors.pool(session.cpus, len(pending)), session,
+                           spec.progress, lease=lease, autoscale=joins_cluster(spec))
+    logs = ray_runtime.logs
+    ray_runtime.close()
+    return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease, logs)
 
 
 def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any], shard_audio_s: float) -> JobRecord:
@@ -202,7 +201,7 @@ def retry_failed(
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
             config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             with ray_session(spec) as session:
-                results = _execute(store.read_plan(), shards, config, actors.pool(session.cpus, len(shards)),
+                results = _execute(store.read_plan(), shards, config, actors.pool(session.cpus, len(shards)), session,
                                    progress, mode="retry", lease=lease, autoscale=joins_cluster(spec))
             return _finish_run(store, started, results, len(shards), 0, lease, session.logs)
         logger.info("no failed units to retry")
@@ -268,6 +267,7 @@ def _execute(
     pending: list[int],
     config: WorkerConfig,
     pool: PoolSize,
+    session: RaySession,
     progress: bool | None,
     mode: str = "run",
     lease: Lease | None = None,
@@ -294,8 +294,8 @@ def _execute(
         logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(by_shard), pool.initial, config.threads)
     results = []
     tally = Progress(est_s)
-    shards = run_shards(list(by_shard), lambda s: units_to_ipc(by_shard[s]), config, pool, actor_env(config.threads),
-                        mode)
+    shards = run_shards(list(by_shard), lambda s: units_to_ipc(by_shard[s]), config, pool,
+                        session.actor_runtime_env(config.threads), mode)
     request = autoscaler_request(pool, config.threads) if autoscale else contextlib.nullcontext()
     with request, logging_redirect_tqdm(), tqdm(
         total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,

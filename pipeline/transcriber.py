@@ -12,9 +12,12 @@ on the files transcribed before or after it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -193,6 +196,22 @@ def process_env(threads: int) -> dict[str, str]:
     So never 1: the same file gives the same text on actors of any size.
     """
     return {"OMP_NUM_THREADS": str(max(2, threads))}
+
+
+@contextlib.contextmanager
+def child_environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` in this process's environment for the block, for the processes started in
+    it (`process_env` must be there when a process starts); as it was after."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def language_codes() -> frozenset[str]:

@@ -143,20 +143,11 @@ def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> d
         ctx.Process(target=_worker, args=(model_path, data, candidate.as_dict(), clips, start, results), daemon=True)
         for _ in range(candidate.actors)
     ]
-    from pipeline.transcriber import process_env
+    from pipeline.transcriber import child_environment, process_env
 
-    wanted = process_env(candidate.threads)  # as an actor of this size would have it
-    env = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with child_environment(process_env(candidate.threads)):  # as an actor of this size would have it
         for p in procs:
             p.start()
-    finally:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     start.wait(timeout=300)
     started = time.perf_counter()
     done = [results.get(timeout=600) for _ in procs]

@@ -217,3 +217,49 @@ def test_the_progress_total_stays_put_and_ends_full():
         steps.append(tally.add(ShardResult(shard, 1, False, True, 1, 1, 0, 0, measured, 10.0, "n")))
     assert tally.total_min == 40.0 and abs(sum(steps) - 40.0) < 1e-9
     assert "shards 3/3" in tally.postfix() and "27.3 audio-min measured" in tally.postfix()
+
+
+EMBEDDED_RAY = r'''
+import json, os, sys
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # as `ray_session` sets it, before Ray is imported
+import ray
+from pipeline.config import JobSpec
+from pipeline.inputs import InputError
+from pipeline.job import run
+from pipeline.ray_session import OnDemandRay
+
+spec = JobSpec(inputs=(sys.argv[1] + "/nothing-*.wav",), output=sys.argv[1] + "/out", progress=False)
+with OnDemandRay(spec) as ray_runtime:
+    ray_runtime.start_ahead()
+    session = ray_runtime.session()
+    environ = ray.get(ray.remote(num_cpus=1)(lambda: open("/proc/self/environ", "rb").read()).remote())
+    worker = dict(item.split("=", 1) for item in environ.decode(errors="replace").split("\0") if "=" in item)
+    found = {"needs": session.actor_runtime_env(1), "other_threads": session.actor_runtime_env(4),
+             "worker": {name: worker.get(name) for name in ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS")},
+             "driver": os.environ.get("MALLOC_ARENA_MAX")}
+found["stopped"] = not ray.is_initialized()
+try:
+    run(spec)  # a new job: Ray starts while its inputs are listed, which fails
+except InputError:
+    found["stopped_after_error"] = not ray.is_initialized()
+print(json.dumps(found))
+'''
+
+
+def test_an_embedded_rays_workers_are_born_with_the_actors_environment(tmp_path):
+    """Actors of an embedded Ray ask for no runtime_env (Ray's prestarted workers serve
+    them); a Ray started ahead of a listing that fails is stopped."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", EMBEDDED_RAY, str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["needs"] == {}
+    assert found["other_threads"] == {"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "4"}
+    assert found["worker"] == {"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "2"}
+    assert found["driver"] is None and found["stopped"] and found["stopped_after_error"]
+    assert "SIGTERM handler" not in done.stderr
