@@ -11,7 +11,10 @@ each side timed from start to end (model loading, Ray start-up and shutdown incl
   short     200 clips of at most 15 s: plain faster-whisper against the same two runs.
   overhead  `bulkscribe run` against a hand-written multiprocessing pool running the same
             transcriber with the same options (one 1-thread process per core, model
-            loaded once per process), on the long corpus.
+            loaded once per process), on the long corpus (8 files an hour), in rounds
+            that alternate which side goes first; the medians of wall time and of the
+            steady state (each side's busy seconds per worker: a file's or a shard's
+            work, start-up and shutdown left out).
   memory    `bulkscribe run` on a 5-minute file and on a 3-hour file: the peak resident
             memory of the busiest actor of each (recorded by the actor in its commit markers).
 
@@ -21,7 +24,7 @@ Each side's real-time factor (audio seconds per wall second) is printed with its
 (Whisper's English normalizer) and its ratio to the first side. WER on one read-speech
 corpus says little about other audio: bench/accuracy.py scores the sides per category.
 
-    python bench/throughput.py [--only long,short,overhead,memory] [--hours 1] [--clips 200]
+    python bench/throughput.py [--only long,short,overhead,memory] [--hours 1] [--clips 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -160,20 +164,29 @@ def _pool_init(kind: str, model_path: str) -> None:
         _pool_model = BatchedInferencePipeline(WhisperModel(model_path, compute_type="int8", cpu_threads=1))
 
 
-def _pool_transcribe(path: str) -> tuple[str, str]:
+def _pool_transcribe(path: str) -> tuple[str, str, float]:
+    """A file's text, and the seconds its process spent on it (decoding included)."""
+    start = time.perf_counter()
     if hasattr(_pool_model, "forward"):
         segments, _ = _pool_model.transcribe(path)
-        return path, " ".join(s.text.strip() for s in segments)
-    transcript = _pool_model.transcribe(audio.decode(path).samples)
-    return path, " ".join(s.text for s in transcript.segments)
+        text = " ".join(s.text.strip() for s in segments)
+    else:
+        transcript = _pool_model.transcribe(audio.decode(path).samples)
+        text = " ".join(s.text for s in transcript.segments)
+    return path, text, time.perf_counter() - start
 
 
-def run_pool(paths: list[str], kind: str = "bulkscribe") -> tuple[float, dict[str, str]]:
-    """A hand-written pool: one 1-thread process per core, a file per task, longest first."""
+def run_pool(paths: list[str], kind: str = "bulkscribe", busy: list[float] | None = None) -> tuple[float, dict[str, str]]:
+    """A hand-written pool: one 1-thread process per core, a file per task, in name order.
+    `busy` gets the seconds each task took."""
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
+    texts = {}
     with ctx.Pool(len(os.sched_getaffinity(0)), _pool_init, (kind, models.resolve("tiny.en").path)) as pool:
-        texts = dict(pool.imap_unordered(_pool_transcribe, paths, chunksize=1))
+        for path, text, seconds in pool.imap_unordered(_pool_transcribe, paths, chunksize=1):
+            texts[path] = text
+            if busy is not None:
+                busy.append(seconds)
     return time.perf_counter() - start, texts
 
 
@@ -230,11 +243,41 @@ def bench_short(count: int) -> None:
     report(f"{count} short clips (<= {SHORT_MAX_S:.0f} s)", audio_seconds(paths), sides, refs, "faster than plain, WER no worse")
 
 
-def bench_overhead(hours: float) -> None:
-    refs = build_corpus(WORK / "long", hours * 60, 8)
+def bench_overhead(hours: float, rounds: int) -> None:
+    """`rounds` rounds, each side once a round, the first side first in odd rounds and
+    second in even ones (this machine's speed drifts by several percent within minutes)."""
+    refs = build_corpus(WORK / "long", hours * 60, 8 * max(1, round(hours)))
     paths = sorted(refs)
-    sides = {"hand-written process pool": run_pool(paths), "bulkscribe run": run_bulkscribe(WORK / "long", WORK / "out-hour")}
-    report("overhead (same transcriber, same options)", audio_seconds(paths), sides, refs, ">= 0.95x the process pool")
+    audio_s = audio_seconds(paths)
+    out = WORK / "out-hour"
+    workers = len(os.sched_getaffinity(0))
+    names = ("hand-written process pool", "bulkscribe run")
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    busy: dict[str, list[float]] = {name: [] for name in names}
+    for n in range(rounds):
+        sides = {}
+        for name in (names if n % 2 == 0 else names[::-1]):
+            if name == names[0]:
+                pool_busy: list[float] = []
+                sides[name] = run_pool(paths, busy=pool_busy)
+                busy[name].append(sum(pool_busy) / workers)
+            else:
+                sides[name] = run_bulkscribe(WORK / "long", out)
+                # An actor's busy time: each shard's work (decoding, transcribing, writing
+                # and committing its parts), as its marker records it.
+                busy[name].append(sum(json.loads(p.read_text())["wall_s"] for p in (out / "_commits").glob("*.json"))
+                                  / workers)
+            walls[name].append(sides[name][0])
+        report(f"overhead, round {n + 1} of {rounds} (same transcriber, same options)", audio_s,
+               {name: sides[name] for name in names}, refs, ">= 0.95x the process pool")
+    print(f"\n## overhead over {rounds} round(s): {audio_s / 60:.1f} min of audio, medians")
+    print(f"{'side':<34} {'wall s':>8} {'x pool':>7} {'busy s':>8} {'x pool':>7}   "
+          "(busy: seconds of work per worker, start-up and shutdown left out)")
+    for name in names:
+        wall, work = statistics.median(walls[name]), statistics.median(busy[name])
+        print(f"{name:<34} {wall:>8.1f} {statistics.median(walls[names[0]]) / wall:>6.2f}x "
+              f"{work:>8.1f} {statistics.median(busy[names[0]]) / work:>6.2f}x")
+    print("targets: wall >= 0.95x the pool, busy (steady state) >= 0.98x")
 
 
 def bench_memory() -> None:
@@ -261,6 +304,7 @@ def main() -> None:
     parser.add_argument("--only", default="long,short,overhead,memory")
     parser.add_argument("--clips", type=int, default=200, help="short clips (default 200)")
     parser.add_argument("--hours", type=float, default=1.0, help="overhead corpus (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="overhead: rounds of both sides (default 3)")
     args = parser.parse_args()
     import platform
 
@@ -275,7 +319,7 @@ def main() -> None:
     if "short" in wanted:
         bench_short(args.clips)
     if "overhead" in wanted:
-        bench_overhead(args.hours)
+        bench_overhead(args.hours, args.rounds)
     if "memory" in wanted:
         bench_memory()
 

@@ -170,6 +170,28 @@ def test_a_rerun_goes_by_the_saved_plan_and_lists_the_inputs_again_when_asked(ra
     assert rescanned.shards_ran == 1 and rescanned.units_planned == 2 and rescanned.complete
 
 
+def test_the_longest_shards_run_first(ray_cluster, tmp_path, speech_dir):
+    """One actor, a shard per file: shards start in order of their estimated audio,
+    longest first, whatever their numbers (here the reverse of the names' order)."""
+    from pipeline.config import ActorOptions
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    clips = sorted((speech_dir / "librispeech").iterdir(), key=lambda p: p.stat().st_size)[:4]
+    for i, clip in enumerate(clips):  # names in order of size: shard numbers smallest first
+        shutil.copy(clip, archive / f"{i}-{clip.name}")
+    out = tmp_path / "out"
+    spec = JobSpec(inputs=(str(archive),), output=str(out), progress=False, shard_audio_s=1.0,
+                   actors=ActorOptions(actors=1))
+    assert run(spec).shards_ran == 4
+    plan = pq.read_table(out / "_plan" / "part-000000.parquet").to_pylist()
+    assert len({row["shard"] for row in plan}) == 4 and len({row["est_audio_s"] for row in plan}) == 4
+    longest_first = [row["shard"] for row in sorted(plan, key=lambda row: -row["est_audio_s"])]
+    assert longest_first == [3, 2, 1, 0]
+    started = sorted((out / "_attempts").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert [int(p.stem) for p in started] == longest_first
+
+
 def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, speech_dir):
     from pipeline.job import retry_failed
     from pipeline.verify import verify
