@@ -274,8 +274,9 @@ def _execute(
     autoscale: bool = False,
 ) -> list[ShardResult]:
     """Run the pending shards on a pool of ShardWorker actors (`pipeline.dispatch`),
-    the longest (by estimated audio) first; one progress bar. With `autoscale` (a joined cluster), an elastic pool also asks the
-    cluster's autoscaler for the CPUs its waiting shards could use."""
+    the longest (by estimated audio) first; one progress bar. With `autoscale` (a joined
+    cluster), an elastic pool also asks the cluster's autoscaler for the CPUs its waiting
+    shards could use."""
     from tqdm import tqdm
 
     try:
