@@ -260,6 +260,9 @@ with OnDemandRay(spec) as ray_runtime:
              "worker": {name: worker.get(name) for name in ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS")},
              "driver": os.environ.get("MALLOC_ARENA_MAX")}
 found["stopped"] = not ray.is_initialized()
+# Every process Ray started here is gone (its autoscaler monitor, killed first, too).
+tasks = f"/proc/{os.getpid()}/task"
+found["children"] = [int(pid) for task in os.listdir(tasks) for pid in open(f"{tasks}/{task}/children").read().split()]
 try:
     run(spec)  # a new job: Ray starts while its inputs are listed, which fails
 except InputError:
@@ -284,4 +287,5 @@ def test_an_embedded_rays_workers_are_born_with_the_actors_environment(tmp_path)
     assert found["other_threads"] == {"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "4"}
     assert found["worker"] == {"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "2"}
     assert found["driver"] is None and found["stopped"] and found["stopped_after_error"]
-    assert "SIGTERM handler" not in done.stderr
+    assert found["children"] == []
+    assert "SIGTERM handler" not in done.stderr and "autoscaler failed" not in done.stderr
