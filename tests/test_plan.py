@@ -1,3 +1,7 @@
+import collections
+import heapq
+import random
+
 import pyarrow as pa
 
 from pipeline import inputs, plan
@@ -48,6 +52,44 @@ def test_shard_size_scales_with_collection_and_actors():
     assert plan.choose_shard_audio_s(400, 2) == plan.MIN_SHARD_AUDIO_S
     assert plan.choose_shard_audio_s(36_000_000, 100) == plan.MAX_SHARD_AUDIO_S
     assert plan.choose_shard_audio_s(24_000, 2) == 3000
+
+
+def _longest_first_makespan(shard_seconds, actors):
+    """When the last actor finishes, shards handed out longest first to whichever is free."""
+    free = [0.0] * actors
+    for seconds in sorted(shard_seconds, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + seconds)
+    return max(free)
+
+
+def _shard_seconds(planned):
+    totals = collections.defaultdict(float)
+    for shard, seconds in zip(planned.column("shard").to_pylist(), planned.column("est_audio_s").to_pylist()):
+        totals[shard] += seconds
+    return list(totals.values())
+
+
+def test_the_last_shards_are_short_so_no_actor_works_on_alone():
+    # 45 one-minute files on 2 actors: shards of 5 files, then smaller ones at the end.
+    units = _units([960_000] * 45)
+    target = plan.choose_shard_audio_s(45 * 60.0, 2)
+    planned = plan.assign_shards(units, 0, target)
+    assert [n for _, n in sorted(collections.Counter(planned.column("shard").to_pylist()).items())] == \
+        [5] * 8 + [2, 1, 1, 1]
+    assert _longest_first_makespan(_shard_seconds(planned), 2) == 23 * 60
+    # Over many collections and pool sizes, files equal or not (20 s to 2 minutes): the
+    # job ends at most one file's length after a perfect share (untapered: up to 7).
+    sizes = random.Random(7)
+    for actors in (2, 3, 4, 8):
+        for files in range(10, 200, 7):
+            for seconds in ([60.0] * files, [sizes.randrange(320_000, 1_920_000) / 16_000 for _ in range(files)]):
+                planned = plan.assign_shards(_units([int(s * 16_000) for s in seconds]), 0,
+                                             plan.choose_shard_audio_s(sum(seconds), actors))
+                assert planned.column("unit_id").to_pylist() == _units([0] * files).column("unit_id").to_pylist()
+                shard_seconds = _shard_seconds(planned)
+                assert min(shard_seconds) >= min(min(seconds), plan.MIN_SHARD_AUDIO_S) - 1e-9
+                ideal = sum(seconds) / actors
+                assert _longest_first_makespan(shard_seconds, actors) <= ideal + max(seconds) + 1e-6
 
 
 def test_size_estimates_by_container():
