@@ -99,8 +99,10 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         lease.check()
         store.write_job(job)
     planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease)
-    committed = store.committed()
     shards = sorted(set(planned.column("shard").to_pylist()))
+    # In an object store, the plan's key ranges of markers listed at once, not one
+    # listing of 100 pages in sequence for 10^5 markers.
+    committed = store.committed(among=shards)
     pending = [s for s in shards if s not in committed]
     logger.info(
         "%d unit(s) in %d shard(s): %d committed earlier (skipped), %d to run",
