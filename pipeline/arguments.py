@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", allow_abbrev=False, help="check an output folder: every unit once, no duplicate, parts match markers")
     verify.add_argument("output", help="the output folder or URL")
+    verify.add_argument("--reparse", action="store_true",
+                        help="read the rows of every part, also of those their writer checked (sha256 unchanged)")
     verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
     models = sub.add_parser("models", allow_abbrev=False, help="list the bundled models and whether they are installed")

@@ -22,7 +22,8 @@ from pipeline.config import WorkerConfig
 from pipeline.faults import crashpoint
 from pipeline.records import CommitMarker
 from pipeline.schema import STATUSES, FileRow, SegmentRow, files_table, manifest_columns, segments_table
-from pipeline.store import OutputStore
+from pipeline.store import OutputStore, parquet_bytes
+from pipeline.verify import shard_problems
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +94,16 @@ def write_parts(
     node: str,
 ) -> CommitMarker:
     """Write both parts of `shard` (the `files` rows followed by the manifest columns of
-    its plan rows `units`); return the marker that commits them."""
-    parts = {
-        "segments": store.write_part("segments", shard, segments_table(segment_rows)),
-        "files": store.write_part("files", shard, files_table(file_rows, manifest_columns(units))),
-    }
+    its plan rows `units`); return the marker that commits them. The bytes are first
+    checked as `verify` would check them (`Part.checked`); parts that fail are written
+    all the same, unchecked, for `verify` to report."""
+    tables = {"segments": segments_table(segment_rows), "files": files_table(file_rows, manifest_columns(units))}
+    data = {name: (parquet_bytes(table), table.num_rows) for name, table in tables.items()}
+    problems = shard_problems(shard, data, units.column("unit_id").to_pylist())
+    for problem in problems:
+        logger.error("written as it is, for verify to report: %s", problem)
+    parts = {name: store.write_part_bytes(name, shard, blob, rows, checked=not problems)
+             for name, (blob, rows) in data.items()}
     crashpoint("after_parts_write")
     finished = time.time()
     failed = [r for r in file_rows if r.status == "failed"]

@@ -240,9 +240,13 @@ class OutputStore:
 
     def write_part(self, table_name: str, shard: int, table: pa.Table) -> Part:
         """Write one shard's part of `table_name`; returns what the marker records of it."""
-        data = parquet_bytes(table)
+        return self.write_part_bytes(table_name, shard, parquet_bytes(table), table.num_rows)
+
+    def write_part_bytes(self, table_name: str, shard: int, data: bytes, rows: int, *, checked: bool = False) -> Part:
+        """Write one shard's part of `table_name` as the Parquet `data` of `rows` rows
+        (`checked`: see `Part.checked`)."""
         self.write_bytes(self.part_path(table_name, shard), data)
-        return Part(rows=table.num_rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked)
 
     def commit(self, shard: int, marker: CommitMarker) -> bool:
         """Create the marker of `shard`; False if an earlier attempt's is there already."""

@@ -1,7 +1,11 @@
 """Check an output folder against its contract: every planned unit exactly once, no
 duplicate segment, every marker's sha256 matching its parts.
 
-`bulkscribe verify OUT` runs it; the fault tests run it after every scenario.
+`bulkscribe verify OUT` runs it; the fault tests run it after every scenario. The checks
+of one shard's rows (`shard_problems`) also run in the writer, on the bytes it is about
+to write (`commit.write_parts`): a part whose marker says so (`Part.checked`) and whose
+sha256 still matches is then not parsed again unless asked (`reparse`), since the same
+bytes give the same rows. Every part is still read and hashed.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -42,6 +47,8 @@ class Verification:
     segments: int = 0
     shards_planned: int = 0
     shards_committed: int = 0
+    # Committed shards whose parts' rows were read here (the others' were checked by their writer).
+    shards_reparsed: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -57,7 +64,7 @@ class Verification:
         return "\n".join([head, *(f"problem: {p}" for p in self.problems), *(f"note: {n}" for n in self.notes)])
 
 
-def verify(store: OutputStore, *, require_complete: bool = True) -> Verification:
+def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool = False) -> Verification:
     """Read every committed part and marker of `store` and list what breaks the contract.
 
     Shards are read in blocks (`_checked_blocks`): by a process per CPU in a large local
@@ -68,6 +75,7 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
 
     Args:
         require_complete: report planned shards without a marker as problems (else notes).
+        reparse: read the rows of every part, also of those their writer checked.
     """
     v = Verification()
     plan = store.read_plan()
@@ -83,7 +91,7 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
     with ExitStack() as stack:
         # Processes (for a large local folder) start on the blocks now; the checks of
         # the plan and the listings run here meanwhile.
-        checked = _checked_blocks(store, blocks, indexed, stack)
+        checked = _checked_blocks(store, blocks, indexed, reparse, stack)
         v.units_planned, v.shards_planned = plan.num_rows, len(planned_shards)
         planned = _counted(plan.select(["unit_id"]), ["unit_id"])
         for uid, n in zip(*_columns(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
@@ -102,10 +110,15 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
                                "a rerun replaces it)")
         committed_units = pc.unique(
             plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id"))
+        trusted = []
         for block in checked:
             v.problems += block.problems
             v.segments += block.segments
             unit_ids.append(block.unit_ids)
+            trusted += block.trusted
+        v.shards_reparsed = len(shards) - len(trusted)
+        # A checked files part lists exactly the units the plan gives its shard.
+        unit_ids.append(plan.filter(pc.is_in(plan.column("shard"), pa.array(trusted, pa.int32()))).column("unit_id"))
 
     # Every committed unit exactly once in `files`, across all shards: on Arrow tables
     # (10^6 unit ids as Python strings in a Counter took over a GB).
@@ -122,12 +135,14 @@ def verify(store: OutputStore, *, require_complete: bool = True) -> Verification
 
 @dataclass
 class _Block:
-    """What the check of a block of shards hands back: its problems, the unit ids of its
-    `files` parts (for the check across all shards) and its number of segments."""
+    """What the check of a block of shards hands back: its problems, the unit ids of the
+    `files` parts it parsed (for the check across all shards), its number of segments and
+    the shards whose parts it did not parse (checked by their writer, bytes unchanged)."""
 
     problems: list[str]
     unit_ids: pa.ChunkedArray
     segments: int
+    trusted: list[int]
 
 
 def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
@@ -145,14 +160,14 @@ def _columns(table: pa.Table, *names: str) -> list[list]:
     return [table.column(name).to_pylist() for name in names]
 
 
-def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[int, str],
+def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[int, str], reparse: bool,
                     stack: ExitStack) -> Iterator[_Block]:
     """`_check_block` of each block, in order. A large local folder's blocks go to a
     process per CPU at once; otherwise each is checked here as it is asked for (an object
     store's shards by `PARALLEL_REQUESTS` threads, which wait on its answers for each
     other; on a local disk threads only fight over the GIL: 10^3 shards took 2.9 s with
     16 threads, 1.2 s with one). The pools end with `stack`."""
-    work = [(store, block, {s: indexed[s] for s in block if s in indexed}) for block in blocks]
+    work = [(store, block, {s: indexed[s] for s in block if s in indexed}, reparse) for block in blocks]
     processes = min(len(os.sched_getaffinity(0)), len(blocks))
     if store.local and len(blocks) > PROCESSES_FROM_BLOCKS and processes > 1:
         # spawn: the caller may hold threads (Arrow's, Ray's) that a fork would copy mid-flight.
@@ -162,47 +177,91 @@ def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[i
     return (_check_block(*args, pool=threads) for args in work)
 
 
-def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str],
+def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str], reparse: bool,
                  pool: ThreadPoolExecutor | None = None) -> _Block:
-    """The problems of `shards`, each on its own (`_check_shard`) and of their segments
-    against their units (`_segment_problems`)."""
-    checked = list((pool.map if pool else map)(lambda shard: _check_shard(store, shard, indexed.get(shard)), shards))
-    problems = [p for shard_problems, _ in checked for p in shard_problems]
+    """The problems of `shards`, each on its own (`_check_shard`) and of the segments of
+    those it parsed against their units (`_segment_problems`)."""
+    checked = list((pool.map if pool else map)(
+        lambda shard: _check_shard(store, shard, indexed.get(shard), reparse), shards))
+    problems = [p for c in checked for p in c.problems]
+    trusted = [shard for shard, c in zip(shards, checked) if c.keys is None]
+    keys = _keyed({shard: c.keys for shard, c in zip(shards, checked) if c.keys is not None})
+    problems += _segment_problems(keys["files"], keys["segments"])
+    segments = keys["segments"].num_rows + sum(c.segments for c in checked if c.keys is None)
+    return _Block(problems, keys["files"].column("unit_id"), segments, trusted)
+
+
+def _keyed(parsed: dict[int, dict[str, pa.Table]]) -> dict[str, pa.Table]:
+    """Per table, the key columns of the parts of several shards in one table, with their `shard`."""
     keys = {}
     for table in TABLES:
-        tables = [(shard, k[table]) for shard, (_, k) in zip(shards, checked) if table in k]
-        keyed = _concat([t for _, t in tables], _KEYS[table])
+        tables = [(shard, k[table]) for shard, k in parsed.items() if table in k]
+        keyed = _concat([t for _, t in tables], _KEYS[table]).combine_chunks()
         counts = [t.num_rows for _, t in tables]
         keys[table] = keyed.append_column("shard", pa.array(np.repeat([s for s, _ in tables], counts), pa.int32()))
+    return keys
+
+
+def shard_problems(shard: int, parts: dict[str, tuple[bytes, int]], unit_ids: list[str]) -> list[str]:
+    """What `verify` would find wrong in the rows of one shard's Parquet `parts` ({table:
+    (bytes, rows the marker will record)}) whose plan gives it `unit_ids`: unreadable
+    parts, other row counts, segments against units (`_segment_problems`), a files part
+    listing other units. The writer runs it on the bytes it is about to write
+    (`Part.checked`)."""
+    problems, parsed = [], {}
+    for table, (data, rows) in parts.items():
+        try:
+            parsed[table] = read_parquet_bytes(data, columns=_KEYS[table])
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
+            continue
+        if parsed[table].num_rows != rows:
+            problems.append(f"shard {shard}: {table} part has {parsed[table].num_rows} rows, marker says {rows}")
+    if len(parsed) < len(TABLES):
+        return problems
+    keys = _keyed({shard: parsed})
     problems += _segment_problems(keys["files"], keys["segments"])
-    return _Block(problems, keys["files"].column("unit_id"), keys["segments"].num_rows)
+    if sorted(keys["files"].column("unit_id").to_pylist()) != sorted(unit_ids):
+        problems.append(f"shard {shard}: the files part lists other units than the plan gives the shard")
+    return problems
 
 
 def _segment_problems(files: pa.Table, segments: pa.Table) -> list[str]:
     """Segments against the units of their own shard: no segment twice, each unit's
     count as `files` says, no segment of a unit its shard's `files` part does not list.
     With every unit in one shard's `files` (checked across all shards), that makes the
-    segments right across all shards too."""
+    segments right across all shards too. In plain Python: a block's tens of thousands
+    of rows take milliseconds, and Arrow's group_by would import pandas into every actor
+    that writes a shard (0.4 s)."""
     problems = []
-    twice = _counted(segments, ["unit_id", "segment"])
-    for uid, seg, n in zip(*_columns(twice.filter(pc.greater(twice["n"], 1)), "unit_id", "segment", "n")):
-        problems.append(f"segment {seg} of unit {uid} appears {n} times")
-    listed = files.append_column("listed", pa.array(np.ones(files.num_rows, bool)))
-    per_unit = listed.join(_counted(segments, ["shard", "unit_id"]), ["shard", "unit_id"], join_type="full outer")
-    unlisted = pc.is_null(per_unit["listed"])
-    for shard, uid in zip(*_columns(per_unit.filter(unlisted), "shard", "unit_id")):
+    for (uid, seg), n in Counter(zip(*_columns(segments, "unit_id", "segment"))).items():
+        if n > 1:
+            problems.append(f"segment {seg} of unit {uid} appears {n} times")
+    per_unit = Counter(zip(*_columns(segments, "shard", "unit_id")))
+    listed = dict(zip(zip(*_columns(files, "shard", "unit_id")), files.column("segments").to_pylist()))
+    for shard, uid in sorted(per_unit.keys() - listed.keys()):
         problems.append(f"shard {shard}: segments of unit {uid}, which its files part does not list")
-    differ = pc.and_(pc.invert(unlisted),
-                     pc.not_equal(pc.fill_null(per_unit["segments"], 0), pc.fill_null(per_unit["n"], 0)))
-    for uid, count, n in zip(*_columns(per_unit.filter(differ), "unit_id", "segments", "n")):
-        problems.append(f"unit {uid}: files says {count} segments, segments has {n or 0}")
+    for (shard, uid), count in listed.items():
+        if (count or 0) != per_unit[shard, uid]:
+            problems.append(f"unit {uid}: files says {count} segments, segments has {per_unit[shard, uid]}")
     return problems
 
 
-def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[list[str], dict[str, pa.Table]]:
-    """The problems of one committed shard's marker and parts, and the key columns of its
-    parts (`_KEYS`) for its block's check of segments against units."""
-    problems, keys = [], {}
+@dataclass
+class _Shard:
+    """What the check of one committed shard hands its block: its problems, the key
+    columns of its parts (`_KEYS`) for the check of segments against units, or None if
+    they were not parsed (both checked by their writer, sha256 unchanged), and then the
+    number of segments its marker records."""
+
+    problems: list[str]
+    keys: dict[str, pa.Table] | None
+    segments: int = 0
+
+
+def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: bool) -> _Shard:
+    """The problems of one committed shard's marker and parts, and what its block needs."""
+    problems, data = [], {}
     written = store.read_json(store.marker_path(shard))
     marker = None if written is None else CommitMarker.from_json(written)
     # The same JSON is the same marker; other JSON may still be (written by an older
@@ -211,9 +270,10 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[l
             CommitMarker.from_json(index_json) != marker:
         problems.append(f"shard {shard}: the marker index (_index/markers.parquet) holds another marker "
                         "than _commits/, so status would misreport it")
+    unchanged = 0  # parts checked by their writer whose bytes are still those
     for table in TABLES:
         try:
-            data = store.read_bytes(store.part_path(table, shard))
+            blob = store.read_bytes(store.part_path(table, shard))
         except FileNotFoundError:
             problems.append(f"shard {shard}: marker exists but {table} part is missing")
             continue
@@ -221,14 +281,21 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None) -> tuple[l
         if expected is None:
             problems.append(f"shard {shard}: its marker does not record the {table} part")
             continue
-        if hashlib.sha256(data).hexdigest() != expected.sha256:
+        if hashlib.sha256(blob).hexdigest() != expected.sha256:
             problems.append(f"shard {shard}: sha256 of the {table} part does not match its marker")
+        else:
+            unchanged += expected.checked
+        data[table] = blob
+    if unchanged == len(TABLES) and not reparse:
+        return _Shard(problems, None, marker.parts["segments"].rows)
+    keys = {}
+    for table, blob in data.items():
         try:
-            part = read_parquet_bytes(data, columns=_KEYS[table])
+            part = read_parquet_bytes(blob, columns=_KEYS[table])
         except (pa.ArrowException, OSError) as exc:  # torn or overwritten: no rows to count
             problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
             continue
-        if part.num_rows != expected.rows:
-            problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {expected.rows}")
+        if part.num_rows != (rows := marker.parts[table].rows):
+            problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {rows}")
         keys[table] = part
-    return problems, keys
+    return _Shard(problems, keys)

@@ -33,8 +33,10 @@ def statuses(out: str | Path, storage_options: dict | None = None) -> list[tuple
 def check_output(out: str | Path, reference: str | Path, storage_options: dict | None = None) -> None:
     """Every planned unit exactly once in `files`; no (unit_id, segment) twice; every
     marker's sha256 matching its parts; transcripts and statuses equal to `reference`'s."""
-    result = verify(OutputStore(str(out), storage_options))
+    store = OutputStore(str(out), storage_options)
+    result = verify(store, reparse=True)
     assert result.ok, result.format()
+    assert verify(store).format() == result.format()  # parts their writer checked are not parsed again
     assert result.units_found == result.units_planned > 0
     assert statuses(out, storage_options) == statuses(reference)
     assert transcripts(out, storage_options) == transcripts(reference)

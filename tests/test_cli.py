@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,11 @@ def test_run_status_and_rerun_from_the_command_line(tmp_path, small_corpus):
 
     status = bulkscribe("status", str(out))
     assert status.returncode == 0 and "(complete)" in status.stdout and "3 ok, 1 no_speech" in status.stdout
+    verified = bulkscribe("verify", str(out))
+    assert verified.returncode == 0 and re.match(r"OK: (\d+)/\1 shards committed, 4/4 units", verified.stdout)
+    assert re.search(r"rows read in 0 of \d+ shards", verified.stdout)  # their writer checked them
+    reparsed = bulkscribe("verify", str(out), "--reparse")
+    assert reparsed.returncode == 0 and reparsed.stdout.splitlines()[0] == verified.stdout.splitlines()[0]
 
     refused = bulkscribe("run", str(small_corpus), "--output", str(out), "--beam-size", "5")
     assert refused.returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -48,6 +49,7 @@ def _rewrite(out, table: str, shard: int, change, *, fix_marker: bool) -> None:
 def _problems(out) -> str:
     result = verify(OutputStore(str(out)))
     assert not result.ok
+    assert verify(OutputStore(str(out)), reparse=True).format() == result.format()
     return "\n".join(result.problems)
 
 
@@ -174,3 +176,43 @@ def test_shards_checked_by_processes_report_the_same(out, monkeypatch):
     expected = {broken: f"shard {broken}: sha256 of the segments part does not match its marker",
                 missing: f"shard {missing}: marker exists but files part is missing"}
     assert [p for p in found if p in expected.values()] == [expected[s] for s in sorted(expected)]  # shard order
+
+
+def test_parts_their_writer_checked_are_hashed_not_parsed(out, monkeypatch):
+    """Every committed part of a run is marked checked by its writer: verify reads and
+    hashes it but parses its rows only if its bytes changed or it is asked to."""
+    import pipeline.verify as verifying
+
+    store = OutputStore(str(out))
+    markers = store.markers()
+    assert markers and all(p.checked for m in markers for p in m.parts.values())
+    parsed = []
+    real = verifying.read_parquet_bytes
+    monkeypatch.setattr(verifying, "read_parquet_bytes", lambda *a, **k: parsed.append(a) or real(*a, **k))
+    trusted = verify(store)
+    assert trusted.ok and not parsed and trusted.shards_reparsed == 0
+    assert trusted.units_found == trusted.units_planned > 0 and trusted.segments == sum(m.parts["segments"].rows for m in markers)
+    full = verify(store, reparse=True)
+    assert len(parsed) == 2 * len(markers) and full.shards_reparsed == len(markers)
+    assert full.format() == trusted.format()
+
+
+def test_the_writer_leaves_parts_it_finds_wrong_unchecked(tmp_path, caplog):
+    """A part whose rows break the contract (here a segment twice) is written unchecked,
+    with the problem logged, so verify parses and reports it."""
+    import types
+
+    from pipeline.commit import write_parts
+    from pipeline.schema import FileRow, SegmentRow
+
+    store = OutputStore(str(tmp_path / "out"))
+    units = pa.table({"unit_id": ["u1"], "uri": ["/a.wav"]})
+    file_row = FileRow(unit_id="u1", uri="/a.wav", shard=0, status="ok", segments=2)
+    segment = SegmentRow(unit_id="u1", uri="/a.wav", shard=0, segment=0, start=0.0, end=1.0, text=" hi")
+    config = types.SimpleNamespace(fingerprint="f", lease_owner=None)
+    good = write_parts(0, units, [file_row], [segment, dataclasses.replace(segment, segment=1)], store, config,
+                       1, 0.0, "node")
+    assert all(p.checked for p in good.parts.values()) and not caplog.records
+    bad = write_parts(0, units, [file_row], [segment, segment], store, config, 1, 0.0, "node")
+    assert not any(p.checked for p in bad.parts.values())
+    assert "segment 0 of unit u1 appears 2 times" in caplog.text
