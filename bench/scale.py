@@ -141,7 +141,7 @@ def dispatch_overhead(shards: int) -> dict[str, float]:
             t0 = time.perf_counter()
             config = types.SimpleNamespace(threads=1)  # all run_shards reads of it here
             done = sum(1 for _ in dispatch.run_shards(list(range(shards)), lambda s: b"x" * 1000, config,
-                                                      PoolSize(2, 2, 2), env={}))
+                                                      PoolSize(2, 2, 2), env=lambda threads: {}))
             seconds["pipeline.dispatch (Ray core actors)"] = time.perf_counter() - t0
             assert done == shards
         finally:

@@ -85,6 +85,9 @@ class ActorOptions:
 
     threads: int = 1
     actors: int | None = None
+    # On a cluster with neither given: each node's actors take that node's own tuning
+    # profile (its threads, at most its actors), and `threads` only where a node has none.
+    per_node: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -96,12 +99,18 @@ class ActorOptions:
     def for_node(cls, threads: int | None, actors: int | None, *, embedded: bool) -> "ActorOptions":
         """The options asked for, the rest from this node's tuning profile (`bulkscribe
         tune`), else the defaults. The profile's actor count applies only to an embedded
-        Ray on this very node with no --threads given; the choice is logged."""
+        Ray on this very node with no --threads given; on a cluster with neither given,
+        each node's own profile applies to its actors (`per_node`). The choice is logged."""
         import logging
 
         from pipeline.tune import load_profile
 
         log = logging.getLogger(__name__)
+        if not embedded and threads is None and actors is None:
+            # This node's profile says nothing of the cluster's nodes: each reads its own.
+            log.info("resources: on each node of the cluster, its own tuning profile (`bulkscribe tune` there), "
+                     "else one 1-thread actor per CPU; --threads and --actors override it")
+            return cls(threads=1, actors=None, per_node=True)
         profile = load_profile() if threads is None or actors is None else None
         if profile is None:
             chosen = cls(threads=threads or 1, actors=actors)

@@ -14,11 +14,14 @@ What happens when things go wrong:
 - An error raised inside a call (storage failing after its retries, a bug) stops the
   run: it is raised here, as it would be in one process.
 - The pool is elastic unless its size is fixed: while shards wait it starts actors on
-  CPUs that appear (a node that joins), checked every `POLL_S` seconds.
+  CPUs that appear (a node that joins), checked every `POLL_S` seconds. On a cluster
+  (`per_node`) actors are placed node by node, each with its node's own tuning profile
+  (threads, at most its actors), which a task on the node reads once (`_NodeProfiles`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 MAX_LOSSES = 3
+# How long a run waits at its start for the nodes' tuning profiles before placing actors
+# (a probe is a zero-CPU task: a worker process started on each node).
+PROBE_WAIT_S = 30.0
 
 
 def units_to_ipc(units: pa.Table) -> bytes:
@@ -83,6 +89,61 @@ class ShardWorker:
 class _Actor:
     handle: Any
     number: int
+    # The node it was placed on (per-node placement), else None.
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """How a node runs actors: `threads` each, at most `actors` (None: as many as fit)."""
+
+    threads: int
+    actors: int | None
+    source: str
+
+
+def _read_node_profile(default_threads: int) -> NodeProfile:
+    """The tuning profile of the node this runs on (a task placed there), else `default_threads`."""
+    from pipeline.tune import load_profile
+
+    profile = load_profile()
+    if profile is None:
+        return NodeProfile(default_threads, None, "no tuning profile")
+    return NodeProfile(profile.threads, profile.actors, profile.source)
+
+
+class _NodeProfiles:
+    """Each node's `NodeProfile`, read by a zero-CPU task pinned to the node, once per node."""
+
+    def __init__(self, default_threads: int):
+        import ray
+
+        self.default_threads = default_threads
+        self.known: dict[str, NodeProfile] = {}
+        self.asked: dict[Any, str] = {}  # probe task -> node id
+        self._probe = ray.remote(num_cpus=0, max_retries=0)(_read_node_profile)
+
+    def ask(self, node: str) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if node in self.known or node in self.asked.values():
+            return
+        strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+        self.asked[self._probe.options(scheduling_strategy=strategy).remote(self.default_threads)] = node
+
+    def answer(self, ref: Any) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        node = self.asked.pop(ref)
+        try:
+            self.known[node] = ray.get(ref)
+        except RayError as exc:  # the node left meanwhile: asked again if it is seen again
+            logger.info("node %s did not answer for its tuning profile: %s", node[:8], exc)
+            return
+        profile = self.known[node]
+        logger.info("node %s: %d thread(s) per actor%s (%s)", node[:8], profile.threads,
+                    f", at most {profile.actors} actor(s)" if profile.actors else "", profile.source)
 
 
 def run_shards(
@@ -90,22 +151,28 @@ def run_shards(
     payload: Callable[[int], bytes],
     config: WorkerConfig,
     pool: PoolSize,
-    env: dict[str, str],
+    env: Callable[[int], dict[str, str]],
     mode: str = "run",
+    per_node: bool = False,
 ) -> Iterator[ShardResult]:
     """Run `shards` on a pool of ShardWorker actors; yield each result as it comes.
 
     Args:
         payload: a shard's plan rows as Arrow IPC bytes (`units_to_ipc`), asked
             for when the shard is handed to an actor.
-        env: what the actors' environment needs beyond their worker processes' own
-            (`RaySession.actor_runtime_env`); none: a worker process of Ray's as it is.
+        env: what the environment of an actor of so many threads needs beyond its
+            worker process's own (`RaySession.actor_runtime_env`); none: a worker
+            process of Ray's as it is.
+        per_node: place an elastic pool's actors node by node, each node's with its own
+            tuning profile (`_NodeProfiles`); `config.threads` where a node has none.
     """
     import ray
+    from ray._private.state import available_resources_per_node  # a DeveloperAPI of Ray's
     from ray.exceptions import RayActorError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    worker = ray.remote(ShardWorker).options(num_cpus=config.threads, max_restarts=0,
-                                             **({"runtime_env": {"env_vars": env}} if env else {}))
+    worker = ray.remote(ShardWorker)
+    profiles = _NodeProfiles(config.threads) if per_node and pool.elastic else None
     queue = deque(shards)
     starting: dict[Any, _Actor] = {}  # load() call -> actor
     busy: dict[Any, tuple[_Actor, int]] = {}  # process() call -> (actor, shard)
@@ -114,17 +181,62 @@ def run_shards(
     started = 0
     last_look = 0.0
 
-    def start(count: int) -> None:
+    def start(count: int, node: str | None = None, threads: int = config.threads) -> None:
         nonlocal started
+        options = {"num_cpus": threads, "max_restarts": 0}
+        if node is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        if env_vars := env(threads):
+            options["runtime_env"] = {"env_vars": env_vars}
         for _ in range(count):
             started += 1
-            actor = _Actor(worker.remote(config), started)
+            handle = worker.options(**options).remote(
+                config if threads == config.threads else dataclasses.replace(config, threads=threads))
+            actor = _Actor(handle, started, node)
             starting[actor.handle.load.remote()] = actor
+
+    def actors() -> list[_Actor]:
+        return [*starting.values(), *(a for a, _ in busy.values()), *idle]
 
     def alive() -> int:
         return len(starting) + len(busy) + len(idle)
 
-    start(pool.initial)
+    def grow() -> None:
+        """Start actors on CPUs free while shards wait: node by node with each node's
+        profile (`profiles`), else as many of `config.threads` CPUs as the cluster has free."""
+        if profiles is None:
+            room = min(int(ray.available_resources().get("CPU", 0.0) // config.threads), pool.maximum - alive())
+            if room > 0:
+                logger.info("%d more actor(s): CPUs free while %d shard(s) wait", room, len(queue))
+                start(room)
+            return
+        on_node = Counter(a.node for a in actors())
+        for node, free in available_resources_per_node().items():
+            if free.get("CPU", 0.0) < 1 or (profile := profiles.known.get(node)) is None:
+                if free.get("CPU", 0.0) >= 1:
+                    profiles.ask(node)
+                continue
+            room = int(free["CPU"] // profile.threads)
+            if profile.actors is not None:
+                room = min(room, profile.actors - on_node[node])
+            room = min(room, pool.maximum - alive())
+            if room > 0:
+                logger.info("%d more actor(s) on node %s (%d thread(s) each) while %d shard(s) wait",
+                            room, node[:8], profile.threads, len(queue))
+                start(room, node, profile.threads)
+
+    if profiles is None:
+        start(pool.initial)
+    else:
+        # Each node's profile first (a second or two), so that no actor is placed blind.
+        grow()
+        if profiles.asked:
+            answered, _ = ray.wait(list(profiles.asked), num_returns=len(profiles.asked), timeout=PROBE_WAIT_S)
+            for ref in answered:
+                profiles.answer(ref)
+        grow()
+        if not alive():  # no node has room: one actor anywhere asks the autoscaler for one
+            start(1)
     try:
         while queue or busy:
             while idle and queue:
@@ -133,13 +245,14 @@ def run_shards(
             if queue and not starting and alive() < pool.maximum and time.monotonic() - last_look >= POLL_S:
                 # Grow onto CPUs that appeared (a node joined); one look per POLL_S.
                 last_look = time.monotonic()
-                room = int(ray.available_resources().get("CPU", 0.0) // config.threads)
-                if room > 0:
-                    logger.info("%d more actor(s): CPUs free while %d shard(s) wait", min(room, pool.maximum - alive()),
-                                len(queue))
-                    start(min(room, pool.maximum - alive()))
-            done, _ = ray.wait([*busy, *starting], num_returns=1, timeout=POLL_S)
+                grow()
+            asked = list(profiles.asked) if profiles else []
+            done, _ = ray.wait([*busy, *starting, *asked], num_returns=1, timeout=POLL_S)
             for ref in done:
+                if profiles is not None and ref in profiles.asked:
+                    profiles.answer(ref)
+                    last_look = 0.0  # place actors on that node at the next turn
+                    continue
                 if ref in starting:
                     actor = starting.pop(ref)
                     try:

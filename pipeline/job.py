@@ -116,7 +116,8 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
         session = ray_runtime.session()
         results = _execute(planned, pending, config, spec.actors.pool(session.cpus, len(pending)), session,
-                           spec.progress, lease=lease, autoscale=joins_cluster(spec))
+                           spec.progress, lease=lease, autoscale=joins_cluster(spec),
+                           per_node=spec.actors.per_node)
     logs = ray_runtime.logs
     ray_runtime.close()
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease, logs)
@@ -204,7 +205,8 @@ def retry_failed(
             config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             with ray_session(spec) as session:
                 results = _execute(store.read_plan(), shards, config, actors.pool(session.cpus, len(shards)), session,
-                                   progress, mode="retry", lease=lease, autoscale=joins_cluster(spec))
+                                   progress, mode="retry", lease=lease, autoscale=joins_cluster(spec),
+                                   per_node=actors.per_node)
             return _finish_run(store, started, results, len(shards), 0, lease, session.logs)
         logger.info("no failed units to retry")
         return _finish_run(store, started, results, 0, 0, lease)
@@ -274,11 +276,12 @@ def _execute(
     mode: str = "run",
     lease: Lease | None = None,
     autoscale: bool = False,
+    per_node: bool = False,
 ) -> list[ShardResult]:
     """Run the pending shards on a pool of ShardWorker actors (`pipeline.dispatch`),
     the longest (by estimated audio) first; one progress bar. With `autoscale` (a joined
     cluster), an elastic pool also asks the cluster's autoscaler for the CPUs its waiting
-    shards could use."""
+    shards could use; with `per_node`, each node's actors take that node's tuning profile."""
     from tqdm import tqdm
 
     try:
@@ -290,7 +293,10 @@ def _execute(
 
     by_shard = dict(plan.group_by_shard(planned, pending))
     est_s = {s: pc.sum(t.column("est_audio_s")).as_py() or 0.0 for s, t in by_shard.items()}
-    if pool.elastic:
+    if pool.elastic and per_node:
+        logger.info("running %d shard(s) on actors placed node by node, each with its node's tuning profile "
+                    "(else %d thread(s)), more as nodes join (up to %d)", len(by_shard), config.threads, pool.maximum)
+    elif pool.elastic:
         logger.info("running %d shard(s) on %d actor(s) x %d thread(s), more as nodes join (up to %d)",
                     len(by_shard), pool.initial, config.threads, pool.maximum)
     else:
@@ -303,7 +309,7 @@ def _execute(
     # for 71 s; a process pool given the files took 290 s).
     longest_first = sorted(by_shard, key=est_s.__getitem__, reverse=True)
     shards = run_shards(longest_first, lambda s: units_to_ipc(by_shard[s]), config, pool,
-                        session.actor_runtime_env(config.threads), mode)
+                        session.actor_runtime_env, mode, per_node=per_node)
     request = autoscaler_request(pool, config.threads) if autoscale else contextlib.nullcontext()
     with request, logging_redirect_tqdm(), tqdm(
         total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,

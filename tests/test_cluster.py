@@ -81,9 +81,10 @@ class LocalCluster:
         self.address = f"127.0.0.1:{head_port}"
         self.dashboard = f"http://127.0.0.1:{dashboard_port}"
 
-    def __call__(self, *args: str) -> str:
-        done = subprocess.run([str(CLUSTER / "local-cluster.sh"), *args], env=self.env, timeout=300,
-                              capture_output=True, text=True)
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> str:
+        """Run the script; `env`: more environment for it, and so for the nodes it starts."""
+        done = subprocess.run([str(CLUSTER / "local-cluster.sh"), *args], env={**self.env, **(env or {})},
+                              timeout=300, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -164,10 +165,21 @@ def nodes_of(out: Path) -> dict[str, int]:
     return dict(duckdb.sql(f"select node, count(*) from '{out}/files/*.parquet' group by 1").fetchall())
 
 
+def threads_by_node(out: Path) -> dict[str, tuple[int, ...]]:
+    """The distinct `cpu_threads` of the actors of each node, from the `files` rows."""
+    import duckdb
+
+    rows = duckdb.sql(f"select node, list(distinct cpu_threads order by cpu_threads) "
+                      f"from '{out}/files/*.parquet' group by 1").fetchall()
+    return {node: tuple(threads) for node, threads in rows}
+
+
 @pytest.mark.slow
 def test_nodes_join_and_leave_mid_run(cluster_script, corpus, reference, tmp_path):
-    """A node added mid-run gets actors and commits shards; the node that then leaves
+    """A node added mid-run gets actors and commits shards, with its own tuning profile
+    (2 threads per actor, where the first node has none: 1); the node that then leaves
     loses nothing: the output is exactly once and equal to an undisturbed run's."""
+    from pipeline.tune import node_shape, shape_key
     from tests.test_faults import finish, markers_in, start, wait_until
 
     cluster_script("start", "1")
@@ -175,13 +187,19 @@ def test_nodes_join_and_leave_mid_run(cluster_script, corpus, reference, tmp_pat
     run = start(corpus, out, "--address", cluster_script.address, env={"RAY_AUTH_MODE": "token"})
     wait_until(lambda: markers_in(out) >= 1, what="a first commit")
     first = set(nodes_of(out))
-    assert "worker-2 joined" in cluster_script("add", "1")
+    profiles = tmp_path / "worker-2-profiles"
+    profiles.mkdir()
+    (profiles / f"{shape_key(node_shape())}.json").write_text(
+        json.dumps({"best": {"threads": 2, "actors": 1}, "measured_at": "by the test"}))
+    assert "worker-2 joined" in cluster_script("add", "2", env={"BULKSCRIBE_PROFILE_DIR": str(profiles)})
     wait_until(lambda: set(nodes_of(out)) - first, timeout=60, what="a commit by the node that joined")
     cluster_script("remove", "worker-1")
     code, _, stderr = finish(run)
     assert code == 0, stderr[-3000:]
     check_output(out, reference)
-    assert len(nodes_of(out)) == 2
+    threads = threads_by_node(out)
+    assert len(threads) == 2
+    assert {threads[node] for node in first} == {(1,)} and {threads[n] for n in set(threads) - first} == {(2,)}
 
 
 @pytest.mark.slow

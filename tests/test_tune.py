@@ -51,8 +51,12 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
     assert (chosen.threads, chosen.actors) == (best["threads"], best["actors"])
     forced = actor_options(parse(["run", "in", "-o", "out", "--threads", "2"]))
     assert forced.threads == 2 and forced.actors is None
+    # A cluster: each node's actors take that node's own profile (this one's says nothing
+    # of them), else 1 thread; flags still apply to every node.
     joined = actor_options(parse(["run", "in", "-o", "out", "--address", "ray://head:10001"]))
-    assert joined.actors is None and joined.threads == best["threads"]  # a cluster: one actor per `threads` CPUs
+    assert joined.per_node and joined.actors is None and joined.threads == 1
+    told = actor_options(parse(["run", "in", "-o", "out", "--address", "ray://head:10001", "--threads", "2"]))
+    assert not told.per_node and told.threads == 2 and told.actors is None
 
 
 def test_noisy_measurements_are_reported():
