@@ -103,12 +103,21 @@ class NodeProfile:
 
 
 def _read_node_profile(default_threads: int) -> NodeProfile:
-    """The tuning profile of the node this runs on (a task placed there), else `default_threads`."""
+    """The tuning profile of the node this runs on (a task placed there), else
+    `default_threads`; never more threads than the CPUs Ray gives the node (a node
+    started with fewer than its machine's, whose profile they would not fit, would
+    otherwise get no actor)."""
+    import ray
+
     from pipeline.tune import load_profile
 
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["NodeID"] == node), 0)
     profile = load_profile()
     if profile is None:
-        return NodeProfile(default_threads, None, "no tuning profile")
+        return NodeProfile(max(1, min(default_threads, cpus)), None, "no tuning profile")
+    if 0 < cpus < profile.threads:
+        return NodeProfile(cpus, None, f"{profile.source}: {profile.threads} threads, more than the node's {cpus} CPU(s)")
     return NodeProfile(profile.threads, profile.actors, profile.source)
 
 

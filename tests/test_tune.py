@@ -68,3 +68,35 @@ def test_noisy_measurements_are_reported():
     # Steady, but too close to call.
     close = [{"rtfx": 40.0, "rtfx_runs": [38.0, 42.0]}, {"rtfx": 39.5, "rtfx_runs": [39.5, 39.5]}]
     assert "the best led by 1%" in tune.noise_warning(close)
+
+
+@pytest.mark.slow
+def test_a_node_reads_its_own_profile_never_more_threads_than_its_cpus(ray_cluster):
+    """What the pool learns of a node (a task pinned there reads the node's profile):
+    the profile's threads and actors, else 1 thread; threads capped at the CPUs Ray
+    gives the node (here 2), where a profile measured for the whole machine says more."""
+    from pipeline.dispatch import NodeProfile, _NodeProfiles
+
+    ray = ray_cluster
+    node = ray.get_runtime_context().get_node_id()
+
+    def learned() -> NodeProfile:
+        profiles = _NodeProfiles(default_threads=1)
+        profiles.ask(node)
+        ref, = profiles.asked
+        ray.wait([ref], timeout=120)
+        profiles.answer(ref)
+        return profiles.known[node]
+
+    assert learned() == NodeProfile(1, None, "no tuning profile")
+    path = tune.profile_path()  # the workers share this process's BULKSCRIBE_PROFILE_DIR
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.write_text(json.dumps({"best": {"threads": 2, "actors": 1}, "measured_at": "by the test"}))
+        profile = learned()
+        assert (profile.threads, profile.actors) == (2, 1) and str(path) in profile.source
+        path.write_text(json.dumps({"best": {"threads": 4, "actors": 1}, "measured_at": "by the test"}))
+        profile = learned()
+        assert (profile.threads, profile.actors) == (2, None) and "more than the node's 2 CPU(s)" in profile.source
+    finally:
+        path.unlink(missing_ok=True)
