@@ -210,13 +210,8 @@ def shard_problems(shard: int, parts: dict[str, tuple[bytes, int]], unit_ids: li
     (`Part.checked`)."""
     problems, parsed = [], {}
     for table, (data, rows) in parts.items():
-        try:
-            parsed[table] = read_parquet_bytes(data, columns=_KEYS[table])
-        except (pa.ArrowException, OSError) as exc:
-            problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
-            continue
-        if parsed[table].num_rows != rows:
-            problems.append(f"shard {shard}: {table} part has {parsed[table].num_rows} rows, marker says {rows}")
+        if (part := _part_keys(shard, table, data, rows, problems)) is not None:
+            parsed[table] = part
     if len(parsed) < len(TABLES):
         return problems
     keys = _keyed({shard: parsed})
@@ -290,12 +285,19 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: b
         return _Shard(problems, None, marker.parts["segments"].rows)
     keys = {}
     for table, blob in data.items():
-        try:
-            part = read_parquet_bytes(blob, columns=_KEYS[table])
-        except (pa.ArrowException, OSError) as exc:  # torn or overwritten: no rows to count
-            problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
-            continue
-        if part.num_rows != (rows := marker.parts[table].rows):
-            problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {rows}")
-        keys[table] = part
+        if (part := _part_keys(shard, table, blob, marker.parts[table].rows, problems)) is not None:
+            keys[table] = part
     return _Shard(problems, keys)
+
+
+def _part_keys(shard: int, table: str, data: bytes, rows: int, problems: list[str]) -> pa.Table | None:
+    """The key columns (`_KEYS`) of one part's Parquet `data`, whose marker records `rows`
+    rows; None if it cannot be read (torn or overwritten). What is wrong goes to `problems`."""
+    try:
+        part = read_parquet_bytes(data, columns=_KEYS[table])
+    except (pa.ArrowException, OSError) as exc:
+        problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
+        return None
+    if part.num_rows != rows:
+        problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {rows}")
+    return part
