@@ -221,11 +221,14 @@ def run_shards(
             return
         on_node = Counter(a.node for a in actors())
         for node, free in available_resources_per_node().items():
-            if free.get("CPU", 0.0) < 1 or (profile := profiles.known.get(node)) is None:
-                if free.get("CPU", 0.0) >= 1:
-                    profiles.ask(node)
+            cpus = free.get("CPU", 0.0)
+            if cpus < 1:
                 continue
-            room = int(free["CPU"] // profile.threads)
+            profile = profiles.known.get(node)
+            if profile is None:  # placed once its profile is known
+                profiles.ask(node)
+                continue
+            room = int(cpus // profile.threads)
             if profile.actors is not None:
                 room = min(room, profile.actors - on_node[node])
             room = min(room, pool.maximum - alive())
@@ -297,5 +300,5 @@ def run_shards(
                     ray.kill(actor.handle)
                 idle.clear()
     finally:
-        for actor in [*idle, *starting.values(), *(a for a, _ in busy.values())]:
+        for actor in actors():
             ray.kill(actor.handle)
