@@ -17,16 +17,20 @@ the HTTP requests the server answered.
 
 Last, the read side of a finished folder of N shards with real parts (10 files of 3
 segments per shard, written by the actors' own `commit.write_parts`, markers and index as
-a run leaves them): `bulkscribe status`, `verify` and `query "select count(*) from
-files"`, each a process of its own, with its wall time and peak resident memory.
+a run leaves them): `bulkscribe compact` (what the end of the run that wrote them does,
+once), `status`, `verify` and `query "select count(*) from files"`, each a process of its
+own, with its wall time and peak resident memory; with `--query-s3`, that query on a moto
+S3 server over the parts, `bulkscribe compact` there, and the query over the compacted
+files, with the HTTP requests of each.
 
     python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
-                          [--status-s3 10000] [--read 10000,100000]
+                          [--status-s3 10000] [--read 10000,100000] [--query-s3 10000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -37,6 +41,7 @@ import time
 import types
 import wave
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -210,21 +215,15 @@ def status_reads(shards: int) -> None:
         print(f"  {side:<22} {wall:6.1f} s  {calls['reads']:>7,} reads  {calls['listings']:>3} listings")
 
 
-def status_s3(shards: int) -> None:
-    """`bulkscribe status` of the folder of `status_reads` on a moto S3 server on loopback:
-    wall time (one process) and the HTTP requests the server answered, counted from its
-    request log."""
+@contextlib.contextmanager
+def moto_s3(folder: Path, bucket: str, skip: Callable[[Path], bool] = lambda p: False):
+    """A moto S3 server on loopback holding `folder`'s files under s3://`bucket`/ (less
+    those `skip` names); yields (endpoint, the server's request log, the environment)."""
     import socket
     from concurrent.futures import ThreadPoolExecutor
 
     import boto3
 
-    from pipeline.store import OutputStore
-
-    folder = WORK / f"status-{shards}"
-    if not (folder / "done").exists():
-        status_reads(shards)
-    OutputStore(str(folder)).update_index()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -243,23 +242,60 @@ def status_s3(shards: int) -> None:
             except OSError:
                 time.sleep(0.2)
         client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="bench")
+        client.create_bucket(Bucket=bucket)
         started = time.perf_counter()
-        files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not skip(p.relative_to(folder))]
         with ThreadPoolExecutor(8) as pool:  # moto takes about 130 PUTs a second this way
-            list(pool.map(lambda p: client.put_object(Bucket="bench", Key=f"status/{p.relative_to(folder)}",
+            list(pool.map(lambda p: client.put_object(Bucket=bucket, Key=str(p.relative_to(folder)),
                                                       Body=p.read_bytes()), files))
-        print(f"status on {shards:,} committed shards on a moto S3 server (uploaded in "
-              f"{time.perf_counter() - started:.0f} s)")
+        print(f"  ({len(files):,} objects uploaded to a moto S3 server in {time.perf_counter() - started:.0f} s)")
+        yield endpoint, log, env
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def status_s3(shards: int) -> None:
+    """`bulkscribe status` of the folder of `status_reads` on a moto S3 server on loopback:
+    wall time (one process) and the HTTP requests the server answered, counted from its
+    request log."""
+    from pipeline.store import OutputStore
+
+    folder = WORK / f"status-{shards}"
+    if not (folder / "done").exists():
+        status_reads(shards)
+    OutputStore(str(folder)).update_index()
+    print(f"status on {shards:,} committed shards on a moto S3 server")
+    with moto_s3(folder, "status") as (endpoint, log, env):
         before = _requests(log)
-        wall, peak_mb, output = _measured([sys.executable, "-m", "pipeline.cli", "status", "s3://bench/status",
+        wall, peak_mb, output = _measured([sys.executable, "-m", "pipeline.cli", "status", "s3://status",
                                            "--storage-option", f"endpoint_url={endpoint}"], env=env)
         if "(complete)" not in output:
             raise RuntimeError(f"status did not finish: {output[-2000:]}")
         print(f"  status (marker index)  {wall:6.1f} s  {_requests(log) - before:>5,} requests  peak RSS {peak_mb:.0f} MB")
-    finally:
-        server.terminate()
-        server.wait()
+
+
+def query_s3(shards: int) -> None:
+    """`bulkscribe query "select count(*) from files"` of a finished folder of `shards`
+    shards on a moto S3 server, reading the parts, then `bulkscribe compact` there and
+    the same query over the compacted files: wall time and HTTP requests of each."""
+    _, folder = finished_folder(shards)
+    print(f"query of a finished folder of {shards:,} shards on a moto S3 server")
+    compacted = lambda p: p.parts[0] == "_index" and p.name != "markers.parquet"  # noqa: E731
+    with moto_s3(folder, "finished", skip=compacted) as (endpoint, log, env):
+        where = ["s3://finished", "--storage-option", f"endpoint_url={endpoint}"]
+        for name, args, expect in (
+            ('query "select count(*) from files" (parts)', ["query", where[0], "select count(*) from files"],
+             f"{shards * UNITS_PER_SHARD}"),
+            ("compact", ["compact", where[0]], f"{shards} shard(s) copied"),
+            ('query "select count(*) from files" (compacted)', ["query", where[0], "select count(*) from files"],
+             f"{shards * UNITS_PER_SHARD}"),
+        ):
+            before = _requests(log)
+            wall, peak_mb, output = _measured([sys.executable, "-m", "pipeline.cli", *args, *where[1:]], env=env)
+            if expect not in output:
+                raise RuntimeError(f"{name} did not say {expect!r}: {output[-2000:]}")
+            print(f"  {name:<48} {wall:6.1f} s  {_requests(log) - before:>7,} requests  peak RSS {peak_mb:6.0f} MB")
 
 
 def _requests(log: Path) -> int:
@@ -355,6 +391,9 @@ def read_side(shards: int) -> None:
     print(f"a finished folder of {shards:,} shards ({shards * UNITS_PER_SHARD:,} files, "
           f"{shards * UNITS_PER_SHARD * SEGMENTS_PER_UNIT:,} segments; local disk"
           + (f"; built in {built:.0f} s)" if built > 1 else ")"))
+    if not (folder / "_index" / "compacted.parquet").exists():
+        wall, peak_mb, _ = _measured([sys.executable, "-m", "pipeline.cli", "compact", str(folder)])
+        print(f"  {'compact (as the end of the run that wrote them)':<42} {wall:6.1f} s  peak RSS {peak_mb:6.0f} MB")
     for name, args, expect in (
         ("rerun (its saved plan, nothing to do)", ["run", str(archive / "audio"), "-o", str(folder), "--no-progress"],
          "this run: 0 shard(s) transcribed"),
@@ -397,6 +436,8 @@ def main() -> None:
                                                         "comma-separated (empty: skip)")
     parser.add_argument("--read", default="", help="shards of a finished folder for status, verify and query, "
                                                    "comma-separated (empty: skip)")
+    parser.add_argument("--query-s3", default="", help="shards of a finished folder to query on a moto S3 server, "
+                                                       "before and after `bulkscribe compact` (empty: skip)")
     args = parser.parse_args()
     for shards in [int(n) for n in args.read.split(",") if n]:
         read_side(shards)
@@ -404,6 +445,8 @@ def main() -> None:
         status_reads(shards)
     for shards in [int(n) for n in args.status_s3.split(",") if n]:
         status_s3(shards)
+    for shards in [int(n) for n in args.query_s3.split(",") if n]:
+        query_s3(shards)
     print("time to the first shard (embedded Ray, 10 files per shard)")
     for files in [int(n) for n in args.files.split(",") if n]:
         first, peak = time_to_first_shard(files)

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read the rows of every part, also of those their writer checked (sha256 unchanged)")
     verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
+    comp = sub.add_parser("compact", allow_abbrev=False,
+                          help="copy committed parts into few big files that queries read (runs do it once 1000 shards wait)")
+    comp.add_argument("output", help="the output folder or URL")
+    comp.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
+
     models = sub.add_parser("models", allow_abbrev=False, help="list the bundled models and whether they are installed")
     models.add_argument("--prepare", nargs="+", metavar="MODEL", default=[],
                         help="assemble and verify these models now (once per node, e.g. in setup commands)")

@@ -135,6 +135,22 @@ def retry_failed_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def compact_command(args: argparse.Namespace) -> int:
+    from pipeline.compact import compact
+    from pipeline.lease import Lease
+    from pipeline.store import OutputStore
+
+    store = OutputStore(args.output, dict(args.storage_option))
+    if store.read_job() is None:
+        raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
+    with Lease(store, "compact") as lease:
+        markers = store.update_index(before_write=lease.check)
+        done = compact(store, markers, before_write=lease.check)
+    print(f"{done.shards} shard(s) copied into {done.files} compacted file(s), {done.dropped} file(s) no longer "
+          f"used deleted; {done.waiting} committed shard(s) in no compacted file")
+    return 0
+
+
 def tune_command(args: argparse.Namespace) -> int:
     from pipeline.tune import format_profile, tune
 
@@ -201,6 +217,7 @@ COMMANDS = {
     "search": search_command,
     "export": export_command,
     "verify": verify_command,
+    "compact": compact_command,
     "models": models_command,
 }
 

@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import inputs, models, plan, windows
+from pipeline import compact, inputs, models, plan, windows
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
-from pipeline.lease import Lease
+from pipeline.lease import Lease, LeaseLostError
 from pipeline.commit import ShardResult, iso, retry_intent_path
 from pipeline.dispatch import run_shards, units_to_ipc
 from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, WorkerConfig, fingerprint,
@@ -260,10 +260,28 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
         )
     )
     markers = store.update_index(before_write=lease.check)
+    _compact(store, markers, lease)
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s, markers=markers)
     summary.shards_ran, summary.shards_skipped = ran, skipped
     summary.ray_logs = ray_logs
     return summary
+
+
+def _compact(store: OutputStore, markers: list, lease: Lease) -> None:
+    """Keep the compacted copies that queries read up to date (`pipeline.compact`): new
+    ones once enough shards wait for one. Everything is committed by now: a failure here
+    only leaves queries reading more parts, and is logged."""
+    try:
+        done = compact.compact(store, markers, at_least=compact.COMPACT_AT_SHARDS, before_write=lease.check)
+    except LeaseLostError:
+        raise
+    except Exception as exc:  # the run's output is complete without it
+        logger.warning("could not compact the parts for queries (`bulkscribe compact %s` tries again): %s: %s",
+                       store.uri(), type(exc).__name__, exc)
+        return
+    if done.shards or done.dropped:
+        logger.info("compacted %d shard(s) into %d file(s) for queries; %d shard(s) wait for the next",
+                    done.shards, done.files, done.waiting)
 
 
 def _execute(

@@ -1,7 +1,9 @@
 """Read an output folder: pyarrow datasets and a DuckDB connection with its views.
 
 Only committed shards are read: the views list the parts whose marker exists, so a
-shard still being written (or left by a crash) never shows. Any storage fsspec reaches
+shard still being written (or left by a crash) never shows. Where a folder has
+compacted copies of its parts (`pipeline.compact`), those are read instead: a few big
+files rather than one or two per shard. Any storage fsspec reaches
 works the same way (local, s3://, gs://), with no DuckDB extension to download.
 
     from pipeline import open_output
@@ -19,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from pipeline import compact
 from pipeline.schema import PLAN_SCHEMA, SEGMENTS_SCHEMA, files_schema
 from pipeline.store import OutputStore
 
@@ -37,6 +40,8 @@ class Output:
     # Whether the plan parts share one schema: then every `files` part has the same
     # columns (a shard's rows are cut from the plan), and DuckDB may take them from one.
     uniform: bool
+    # Per table, the compacted files in use and the shards they hold (pipeline.compact).
+    sources: dict[str, compact.Sources]
 
     @cached_property
     def segments(self) -> ds.Dataset:
@@ -78,7 +83,9 @@ class Output:
         return self.con.sql(query)
 
     def _parts(self, table: str) -> list[str]:
-        return [self.store.part_path(table, s) for s in self.committed]
+        """The files holding the committed rows of `table`: compacted files where they
+        are in use, the shards' own parts for the rest."""
+        return self.sources[table].paths(self.store, table, self.committed)
 
 
 def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Output:
@@ -96,8 +103,9 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Outp
     # opened before a query reads it (10^5 parts would be 10^5 reads).
     schemas = [ds.dataset(p, filesystem=store.fs, format="parquet").schema for p in plan_parts]
     plan_schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else PLAN_SCHEMA
-    return Output(store=store, committed=sorted(store.committed()), plan_parts=plan_parts,
-                  plan_schema=plan_schema, uniform=all(s.equals(schemas[0]) for s in schemas))
+    committed = sorted(store.committed())
+    return Output(store=store, committed=committed, plan_parts=plan_parts, plan_schema=plan_schema,
+                  uniform=all(s.equals(schemas[0]) for s in schemas), sources=compact.sources(store, committed))
 
 
 def _dataset(store: OutputStore, paths: list[str], schema: pa.Schema) -> ds.Dataset:

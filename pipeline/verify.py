@@ -1,5 +1,6 @@
 """Check an output folder against its contract: every planned unit exactly once, no
-duplicate segment, every marker's sha256 matching its parts.
+duplicate segment, every marker's sha256 matching its parts, and the compacted copies
+that the query views read holding as many rows of each shard as its parts.
 
 `bulkscribe verify OUT` runs it; the fault tests run it after every scenario. The checks
 of one shard's rows (`shard_problems`) also run in the writer, on the bytes it is about
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import compact
 from pipeline.records import CommitMarker
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, read_parquet_bytes
@@ -130,6 +132,7 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         v.problems.append(f"unit {uid} appears {n or 0} times in files")
     for (uid,) in zip(*_columns(found.filter(pc.invert(pc.is_in(found["unit_id"], committed_units))), "unit_id")):
         v.problems.append(f"unit {uid} is in files but not planned in a committed shard")
+    v.problems += compact.problems(store, committed)
     return v
 
 

@@ -99,6 +99,16 @@ def test_endpoint_from_the_environment_and_a_marker_is_create_only(s3, reference
     assert store.commit(0, impostor) is False  # If-None-Match: * refused it
     assert store.read_marker(0) == before
 
+    # Compacted, the views read one file a table instead of a part a shard.
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "compact", "s3://audio/out-b",
+                             "--storage-option", f"endpoint_url={s3}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = open_output("s3://audio/out-b", {"endpoint_url": s3})
+    assert [len(out._parts(t)) for t in ("segments", "files")] == [1, 1]
+    assert all("/_index/" in out._parts(t)[0] for t in ("segments", "files"))
+    assert out.sql("select count(*) from files").fetchall()[0][0] == 13
+    assert out.sql("select count(distinct unit_id) from segments").fetchall()[0][0] == 13
+
 
 def test_http_inputs(corpus, tmp_path):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(corpus))
