@@ -19,12 +19,13 @@ Last, the read side of a finished folder of N shards with real parts (10 files o
 segments per shard, written by the actors' own `commit.write_parts`, markers and index as
 a run leaves them): `bulkscribe compact` (what the end of the run that wrote them does,
 once), `status`, `verify` and `query "select count(*) from files"`, each a process of its
-own, with its wall time and peak resident memory; with `--query-s3`, that query on a moto
-S3 server over the parts, `bulkscribe compact` there, and the query over the compacted
-files, with the HTTP requests of each.
+own, with its wall time and peak resident memory; with `--read-s3`, that folder on a moto
+S3 server: `verify` (with and without `--reparse`), the query over the parts,
+`bulkscribe compact` there, and the query over the compacted files, with the HTTP
+requests of each.
 
     python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
-                          [--status-s3 10000] [--read 10000,100000] [--query-s3 10000]
+                          [--status-s3 10000] [--read 10000,100000] [--read-s3 10000]
 """
 
 from __future__ import annotations
@@ -275,21 +276,23 @@ def status_s3(shards: int) -> None:
         print(f"  status (marker index)  {wall:6.1f} s  {_requests(log) - before:>5,} requests  peak RSS {peak_mb:.0f} MB")
 
 
-def query_s3(shards: int) -> None:
-    """`bulkscribe query "select count(*) from files"` of a finished folder of `shards`
-    shards on a moto S3 server, reading the parts, then `bulkscribe compact` there and
-    the same query over the compacted files: wall time and HTTP requests of each."""
+def read_s3(shards: int) -> None:
+    """A finished folder of `shards` shards on a moto S3 server: `verify` (ETags) and
+    `verify --reparse` (every object read), `query "select count(*) from files"` over the
+    parts, `bulkscribe compact` there and the same query over the compacted files: wall
+    time and HTTP requests of each."""
     _, folder = finished_folder(shards)
-    print(f"query of a finished folder of {shards:,} shards on a moto S3 server")
+    print(f"a finished folder of {shards:,} shards on a moto S3 server")
     compacted = lambda p: p.parts[0] == "_index" and p.name != "markers.parquet"  # noqa: E731
     with moto_s3(folder, "finished", skip=compacted) as (endpoint, log, env):
         where = ["s3://finished", "--storage-option", f"endpoint_url={endpoint}"]
+        count = "select count(*) from files"
         for name, args, expect in (
-            ('query "select count(*) from files" (parts)', ["query", where[0], "select count(*) from files"],
-             f"{shards * UNITS_PER_SHARD}"),
+            ("verify (listings: ETags)", ["verify", where[0]], "OK:"),
+            ("verify --reparse (every object read)", ["verify", where[0], "--reparse"], "OK:"),
+            (f'query "{count}" (parts)', ["query", where[0], count], f"{shards * UNITS_PER_SHARD}"),
             ("compact", ["compact", where[0]], f"{shards} shard(s) copied"),
-            ('query "select count(*) from files" (compacted)', ["query", where[0], "select count(*) from files"],
-             f"{shards * UNITS_PER_SHARD}"),
+            (f'query "{count}" (compacted)', ["query", where[0], count], f"{shards * UNITS_PER_SHARD}"),
         ):
             before = _requests(log)
             wall, peak_mb, output = _measured([sys.executable, "-m", "pipeline.cli", *args, *where[1:]], env=env)
@@ -436,8 +439,8 @@ def main() -> None:
                                                         "comma-separated (empty: skip)")
     parser.add_argument("--read", default="", help="shards of a finished folder for status, verify and query, "
                                                    "comma-separated (empty: skip)")
-    parser.add_argument("--query-s3", default="", help="shards of a finished folder to query on a moto S3 server, "
-                                                       "before and after `bulkscribe compact` (empty: skip)")
+    parser.add_argument("--read-s3", default="", help="shards of a finished folder to verify and query on a moto "
+                                                      "S3 server, before and after `bulkscribe compact` (empty: skip)")
     args = parser.parse_args()
     for shards in [int(n) for n in args.read.split(",") if n]:
         read_side(shards)
@@ -445,8 +448,8 @@ def main() -> None:
         status_reads(shards)
     for shards in [int(n) for n in args.status_s3.split(",") if n]:
         status_s3(shards)
-    for shards in [int(n) for n in args.query_s3.split(",") if n]:
-        query_s3(shards)
+    for shards in [int(n) for n in args.read_s3.split(",") if n]:
+        read_s3(shards)
     print("time to the first shard (embedded Ray, 10 files per shard)")
     for files in [int(n) for n in args.files.split(",") if n]:
         first, peak = time_to_first_shard(files)

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", allow_abbrev=False, help="check an output folder: every unit once, no duplicate, parts match markers")
     verify.add_argument("output", help="the output folder or URL")
     verify.add_argument("--reparse", action="store_true",
-                        help="read the rows of every part, also of those their writer checked (sha256 unchanged)")
+                        help="read every marker and part, and parse the rows of every part, also of those their "
+                             "writer checked (sha256 unchanged) or an object store lists as unchanged (ETag)")
     verify.add_argument("--storage-option", action="append", type=_storage_option, default=[], metavar="KEY=VALUE")
 
     comp = sub.add_parser("compact", allow_abbrev=False,

@@ -62,6 +62,10 @@ class Part(_Record):
     # with the shard's other part and its planned units (`verify.shard_problems`), so
     # `verify` need not parse them again while their sha256 still matches.
     checked: bool = False
+    # MD5 of the bytes (hex): what an object store's listing gives as a single PUT's ETag,
+    # so `verify` can see that a part is unchanged without reading it. None in markers
+    # written before it was recorded.
+    md5: str | None = None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,10 @@ class OutputStore:
         self.local = "file" in protocols
         if self.local:
             self.root = os.path.abspath(self.root)
+        # s3fs asks for an object's size (a HEAD) before each read, to fetch a big one in
+        # parallel ranges; the objects read here are small, and one GET is half the requests.
+        cat = getattr(self.fs, "_cat_file", None)
+        self._one_request = {"max_concurrency": 1} if cat and "max_concurrency" in inspect.signature(cat).parameters else {}
 
     # -- paths ---------------------------------------------------------------------
 
@@ -195,7 +199,7 @@ class OutputStore:
             pass
 
     def write_json(self, path: str, data: dict[str, Any]) -> None:
-        self.write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+        self.write_bytes(path, json_bytes(data))
 
     # -- job and plan --------------------------------------------------------------
 
@@ -231,7 +235,7 @@ class OutputStore:
         if self.local:
             with open(path, "rb") as f:  # a third of fsspec's time for a small file
                 return f.read()
-        return retry(lambda: self.fs.cat_file(path), f"read {path}")
+        return retry(lambda: self.fs.cat_file(path, **self._one_request), f"read {path}")
 
     def read_parquet(self, path: str) -> pa.Table:
         return read_parquet_bytes(self.read_bytes(path))
@@ -246,11 +250,12 @@ class OutputStore:
         """Write one shard's part of `table_name` as the Parquet `data` of `rows` rows
         (`checked`: see `Part.checked`)."""
         self.write_bytes(self.part_path(table_name, shard), data)
-        return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked)
+        return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked,
+                    md5=hashlib.md5(data).hexdigest())
 
     def commit(self, shard: int, marker: CommitMarker) -> bool:
         """Create the marker of `shard`; False if an earlier attempt's is there already."""
-        blob = json.dumps(marker.to_json(), indent=2, sort_keys=True).encode()
+        blob = json_bytes(marker.to_json())
         created = self.create_only(self.marker_path(shard), blob)
         if not created:
             logger.info("shard %06d was already committed by an earlier attempt; this one is dropped", shard)
@@ -280,6 +285,19 @@ class OutputStore:
         with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
             paths = [p for found in pool.map(listed, prefixes) for p in found]
         return _shard_numbers(posixpath.basename(p) for p in paths) & among
+
+    def etags(self, folder: str) -> dict[str, str] | None:
+        """The ETag of every object under `folder` (path: ETag), from a listing (one request
+        per 1,000 keys on S3); None where the store gives none (local folders, and
+        filesystems whose listings lack them). An object written in one PUT without
+        KMS encryption has the MD5 of its bytes as ETag; others have other ETags."""
+        if self.local:
+            return None
+        path = self.path(folder)
+        self.fs.invalidate_cache(path)
+        found = retry(lambda: strict_listing(self.fs, "find", path, detail=True), f"list {path}")
+        tags = {name: info["ETag"].strip('"') for name, info in found.items() if info.get("ETag")}
+        return tags if tags or not found else None
 
     def shards_in(self, folder: str, pattern: str) -> set[int]:
         """The shard numbers of the files in `folder` matching `pattern` (markers, parts, intents)."""
@@ -404,6 +422,11 @@ class OutputStore:
 
     def runs(self) -> list[RunRecord]:
         return [RunRecord.from_json(r) for p in self.glob(self.path("_runs", "*.json")) if (r := self.read_json(p))]
+
+
+def json_bytes(data: dict[str, Any]) -> bytes:
+    """The bytes of a JSON record (`job.json`, a marker): the same data, the same bytes."""
+    return json.dumps(data, indent=2, sort_keys=True).encode()
 
 
 def _shard_numbers(names: Iterable[str]) -> set[int]:

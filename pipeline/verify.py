@@ -6,7 +6,11 @@ that the query views read holding as many rows of each shard as its parts.
 of one shard's rows (`shard_problems`) also run in the writer, on the bytes it is about
 to write (`commit.write_parts`): a part whose marker says so (`Part.checked`) and whose
 sha256 still matches is then not parsed again unless asked (`reparse`), since the same
-bytes give the same rows. Every part is still read and hashed.
+bytes give the same rows. Every part is still read and hashed, except on an object
+store whose listings give ETags: there a marker whose ETag is the MD5 of the index's
+marker, and parts whose ETags are the MD5s it records (`Part.md5`), are those bytes
+without a read, so a finished folder of 10^5 shards is verified with about 300
+listing requests instead of 3 x 10^5 reads.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pyarrow.compute as pc
 from pipeline import compact
 from pipeline.records import CommitMarker
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
-from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, read_parquet_bytes
+from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, json_bytes, read_parquet_bytes
 
 # The columns the checks of segments against units need; the text is not kept.
 _KEYS = {"files": ["unit_id", "segments"], "segments": ["unit_id", "segment"]}
@@ -68,6 +72,8 @@ class Verification:
 
 def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool = False) -> Verification:
     """Read every committed part and marker of `store` and list what breaks the contract.
+    On an object store that lists ETags, markers and parts whose ETag shows they are the
+    bytes the index and the markers record are not read (`_listed`; `reparse` reads all).
 
     Shards are read in blocks (`_checked_blocks`): by a process per CPU in a large local
     folder, by `store.PARALLEL_REQUESTS` requests at once in an object store. A block's
@@ -93,7 +99,7 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
     with ExitStack() as stack:
         # Processes (for a large local folder) start on the blocks now; the checks of
         # the plan and the listings run here meanwhile.
-        checked = _checked_blocks(store, blocks, indexed, reparse, stack)
+        checked = _checked_blocks(store, blocks, indexed, reparse, stack, _listed_etags(store, reparse))
         v.units_planned, v.shards_planned = plan.num_rows, len(planned_shards)
         planned = _counted(plan.select(["unit_id"]), ["unit_id"])
         for uid, n in zip(*_columns(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
@@ -136,6 +142,21 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
     return v
 
 
+def _listed_etags(store: OutputStore, reparse: bool) -> dict[str, str] | None:
+    """The ETags of the markers and parts of an object store (a listing of each folder:
+    a request per 1,000 keys), so that unchanged ones need not be read; None locally,
+    with `reparse`, or where the store lists no ETags."""
+    if store.local or reparse:
+        return None
+    tags: dict[str, str] = {}
+    for folder in ("_commits", *TABLES):
+        listed = store.etags(folder)
+        if listed is None:
+            return None
+        tags.update(listed)
+    return tags
+
+
 @dataclass
 class _Block:
     """What the check of a block of shards hands back: its problems, the unit ids of the
@@ -164,7 +185,7 @@ def _columns(table: pa.Table, *names: str) -> list[list]:
 
 
 def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[int, str], reparse: bool,
-                    stack: ExitStack) -> Iterator[_Block]:
+                    stack: ExitStack, etags: dict[str, str] | None = None) -> Iterator[_Block]:
     """`_check_block` of each block, in order. A large local folder's blocks go to a
     process per CPU at once; otherwise each is checked here as it is asked for (an object
     store's shards by `PARALLEL_REQUESTS` threads, which wait on its answers for each
@@ -177,15 +198,15 @@ def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[i
         pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")))
         return pool.map(_check_block, *zip(*work))  # every block is submitted here
     threads = stack.enter_context(ThreadPoolExecutor(1 if store.local else PARALLEL_REQUESTS))
-    return (_check_block(*args, pool=threads) for args in work)
+    return (_check_block(*args, pool=threads, etags=etags) for args in work)
 
 
 def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str], reparse: bool,
-                 pool: ThreadPoolExecutor | None = None) -> _Block:
+                 pool: ThreadPoolExecutor | None = None, etags: dict[str, str] | None = None) -> _Block:
     """The problems of `shards`, each on its own (`_check_shard`) and of the segments of
     those it parsed against their units (`_segment_problems`)."""
     checked = list((pool.map if pool else map)(
-        lambda shard: _check_shard(store, shard, indexed.get(shard), reparse), shards))
+        lambda shard: _check_shard(store, shard, indexed.get(shard), reparse, etags), shards))
     problems = [p for c in checked for p in c.problems]
     trusted = [shard for shard, c in zip(shards, checked) if c.keys is None]
     keys = _keyed({shard: c.keys for shard, c in zip(shards, checked) if c.keys is not None})
@@ -257,8 +278,17 @@ class _Shard:
     segments: int = 0
 
 
-def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: bool) -> _Shard:
-    """The problems of one committed shard's marker and parts, and what its block needs."""
+def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: bool,
+                 etags: dict[str, str] | None = None) -> _Shard:
+    """The problems of one committed shard's marker and parts, and what its block needs.
+
+    On an object store whose listing gave `etags`, a marker whose ETag is the MD5 of the
+    index's marker written out is that marker, and a part whose ETag is the MD5 its
+    marker records is the writer's bytes: a shard whose marker and both parts (checked
+    by their writer) are so is not read at all."""
+    listed = _listed(store, shard, indexed, etags, reparse)
+    if listed is not None:
+        return listed
     problems, data = [], {}
     written = store.read_json(store.marker_path(shard))
     marker = None if written is None else CommitMarker.from_json(written)
@@ -291,6 +321,22 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: b
         if (part := _part_keys(shard, table, blob, marker.parts[table].rows, problems)) is not None:
             keys[table] = part
     return _Shard(problems, keys)
+
+
+def _listed(store: OutputStore, shard: int, indexed: str | None, etags: dict[str, str] | None,
+            reparse: bool) -> _Shard | None:
+    """`_check_shard`'s answer from the listing's ETags alone, or None if it needs reads."""
+    if etags is None or indexed is None or reparse:
+        return None
+    data = json.loads(indexed)
+    if etags.get(store.marker_path(shard)) != hashlib.md5(json_bytes(data)).hexdigest():
+        return None
+    parts = CommitMarker.from_json(data).parts
+    for table in TABLES:
+        part = parts.get(table)
+        if part is None or not part.checked or part.md5 is None or etags.get(store.part_path(table, shard)) != part.md5:
+            return None
+    return _Shard([], None, parts["segments"].rows)
 
 
 def _part_keys(shard: int, table: str, data: bytes, rows: int, problems: list[str]) -> pa.Table | None:

@@ -195,3 +195,54 @@ def test_markers_the_index_lacks_are_found_by_listing_only_their_key_ranges(s3):
     finally:
         del store.fs.find
     assert store.committed() == {5, 1005, 2999, 7001}
+
+
+def test_verify_on_s3_reads_no_marker_or_part_whose_etag_shows_it_unchanged(s3, transcribed):
+    import s3fs
+
+    from pipeline.store import OutputStore
+    from pipeline.verify import verify
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3)
+    fs.put(str(transcribed), "audio/verified", recursive=True)  # one PUT an object: ETag = MD5
+    store = OutputStore("s3://audio/verified", {"endpoint_url": s3})
+    reads = []
+    read_bytes = store.read_bytes
+    store.read_bytes = lambda path: reads.append(path.split("/verified/")[1]) or read_bytes(path)
+    result = verify(store)
+    assert result.ok and result.shards_committed > 1 and result.shards_reparsed == 0
+    assert not [r for r in reads if r.startswith(("_commits/", "segments/", "files/"))]
+    assert verify(store, reparse=True).format() == result.format()  # reads and parses everything: the same
+
+    # Bytes that changed behind a marker's back show in the listing: read, and reported.
+    part = "audio/verified/files/part-000000.parquet"
+    fs.pipe_file(part, fs.cat_file(part) + b"\0")
+    marker = "audio/verified/_commits/000001.json"
+    fs.pipe_file(marker, fs.cat_file(marker).replace(b'"attempt": 1', b'"attempt": 7'))
+    reads.clear()
+    result = verify(store)
+    assert "shard 0: sha256 of the files part does not match its marker" in result.problems
+    assert any(p.startswith("shard 1: the marker index") for p in result.problems)
+    # Only the shards whose listing changed are read, whole.
+    assert sorted(r for r in reads if not r.startswith("_")) == [f"{t}/part-00000{s}.parquet" for t in ("files", "segments")
+                                                                 for s in (0, 1)]
+    assert "_commits/000001.json" in reads
+
+
+def test_a_read_on_s3_is_one_request(s3):
+    import s3fs
+
+    from pipeline.store import OutputStore
+
+    s3fs.S3FileSystem(endpoint_url=s3).pipe_file("audio/one/x.json", b"{}")
+    store = OutputStore("s3://audio/one", {"endpoint_url": s3})
+    sizes = []
+    size = store.fs._size
+
+    async def asked(path):
+        sizes.append(path)
+        return await size(path)
+
+    store.fs._size = asked
+    assert store.read_bytes(store.path("x.json")) == b"{}"
+    assert sizes == []  # no HEAD before the GET
