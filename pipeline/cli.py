@@ -224,7 +224,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run its command, and turn the errors a user can fix into one line
-    (exit 2); a run stopped by another run's takeover exits 1, Ctrl-C 130."""
+    (exit 2); a run stopped by another run's takeover, or by actors that cannot start or
+    keep dying with one shard, exits 1; Ctrl-C 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -242,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except LeaseLostError as exc:
         print(f"bulkscribe: stopped: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        from pipeline.dispatch import ActorStartError, ShardLostError
+
+        if not isinstance(exc, (ActorStartError, ShardLostError)):
+            raise
+        print(f"bulkscribe: stopped: {exc}; what is committed stays, a rerun goes on from there", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return interrupted(args, argv)

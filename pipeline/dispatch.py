@@ -34,12 +34,16 @@ import pyarrow as pa
 from pipeline.actor import load_transcriber, node_name, process_shard
 from pipeline.commit import ShardResult
 from pipeline.config import PoolSize, WorkerConfig
+from pipeline.faults import diepoint
 from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
 MAX_LOSSES = 3
+# Actors lost while loading, one after another with none loaded between: not a node
+# that left, but actors that cannot start (see the error raised).
+MAX_LOAD_LOSSES = 20
 # How long a run waits at its start for the nodes' tuning profiles before placing actors
 # (a probe is a zero-CPU task: a worker process started on each node).
 PROBE_WAIT_S = 30.0
@@ -62,6 +66,10 @@ class ShardLostError(RuntimeError):
     """A shard's actor died too many times: the shard itself may be what kills it."""
 
 
+class ActorStartError(RuntimeError):
+    """Actor after actor died while loading its model: none can start."""
+
+
 class ShardWorker:
     """The Ray actor: `load` once (the model), then `process` one shard per call.
 
@@ -76,6 +84,7 @@ class ShardWorker:
         self.node = node_name()
 
     def load(self) -> str:
+        diepoint("actor_load")
         self.transcriber = load_transcriber(self.config)
         self.store = OutputStore(self.config.output, self.config.storage_options)
         return self.node
@@ -188,6 +197,7 @@ def run_shards(
     idle: list[_Actor] = []
     losses: Counter[int] = Counter()
     started = 0
+    load_losses = 0  # one after another
     last_look = 0.0
 
     def start(count: int, node: str | None = None, threads: int = config.threads) -> None:
@@ -269,11 +279,20 @@ def run_shards(
                     actor = starting.pop(ref)
                     try:
                         node = ray.get(ref)
-                    except RayActorError:
+                    except RayActorError as exc:
+                        load_losses += 1
+                        if load_losses >= MAX_LOAD_LOSSES:
+                            raise ActorStartError(
+                                f"{load_losses} actors in a row were lost while loading their model (last: "
+                                f"{str(exc).splitlines()[0]}). Nodes out of memory, or a driver and a cluster that "
+                                "disagree on token authentication (RAY_AUTH_MODE, and the token in ~/.ray/auth_token "
+                                "or $RAY_AUTH_TOKEN) do this; Ray's logs say which"
+                            ) from None
                         logger.warning("actor %d was lost while loading its model", actor.number)
                         if alive() < pool.minimum:
                             start(1)
                         continue
+                    load_losses = 0
                     logger.debug("actor %d ready on %s", actor.number, node)
                     idle.append(actor)
                     continue

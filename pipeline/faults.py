@@ -2,7 +2,8 @@
 
 With `BULKSCRIBE_CRASH_AT=<name>` in the environment, the first process to reach
 `crashpoint(<name>)` SIGKILLs the job's driver and then itself: no cleanup, no
-`finally`, as when a machine loses power. With `BULKSCRIBE_SHARD_PAUSE_S=<seconds>`,
+`finally`, as when a machine loses power. With `BULKSCRIBE_DIE_AT=<name>`, every
+process reaching `diepoint(<name>)` SIGKILLs itself (an actor that cannot start). With `BULKSCRIBE_SHARD_PAUSE_S=<seconds>`,
 every shard pauses that long once it has started, so that a test killing an actor
 "mid-shard" cannot miss on a fast machine. With `BULKSCRIBE_GATE=<name>=<path>`, a
 process reaching `gate(<name>)` creates `<path>.waiting-<pid>` and waits there until
@@ -17,6 +18,7 @@ import signal
 import time
 
 CRASH_AT_ENV = "BULKSCRIBE_CRASH_AT"
+DIE_AT_ENV = "BULKSCRIBE_DIE_AT"
 SHARD_PAUSE_ENV = "BULKSCRIBE_SHARD_PAUSE_S"
 DRIVER_PID_ENV = "BULKSCRIBE_DRIVER_PID"
 GATE_ENV = "BULKSCRIBE_GATE"
@@ -25,6 +27,9 @@ GATE_ENV = "BULKSCRIBE_GATE"
 POINTS = (
     "before_plan_write",  # driver: job.json written, the plan not yet
     "after_parts_write",  # actor: both parts of a shard written, its marker not yet
+)
+DIEPOINTS = (
+    "actor_load",  # actor: about to load its model
 )
 GATES = (
     "before_parts_write",  # actor: a shard transcribed, none of it written yet
@@ -38,6 +43,11 @@ def crashpoint(name: str) -> None:
     if driver != os.getpid():
         os.kill(driver, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def diepoint(name: str) -> None:
+    if os.environ.get(DIE_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def shard_pause() -> None:

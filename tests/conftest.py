@@ -13,6 +13,11 @@ import pytest
 
 DATA = Path(__file__).parent / "data" / "speech"
 
+# Token authentication on, as `ray_session` sets it before Ray is imported: every Ray
+# the tests start (clusters of `ray.cluster_utils` too) and every driver agree on it,
+# whichever tests run and in whatever order.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 # A `bulkscribe tune` profile of this machine must not change what the tests run.
 os.environ["BULKSCRIBE_PROFILE_DIR"] = tempfile.mkdtemp(prefix="bulkscribe-profiles-")
 atexit.register(shutil.rmtree, os.environ["BULKSCRIBE_PROFILE_DIR"], ignore_errors=True)

@@ -303,3 +303,19 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(corpus, reference, tmp_path
     assert 1 <= markers_in(out) < 8
     run_ok(corpus, out)
     check_output(out, reference)
+
+
+def test_actors_that_cannot_start_stop_the_run_with_a_clear_error(ray_cluster, tmp_path, tiny_model, monkeypatch):
+    """Each actor dies as it loads its model (as when a driver and a cluster disagree on
+    token authentication, and Ray takes the driver for dead): the run stops after a few,
+    instead of starting actors forever."""
+    from pipeline import dispatch
+    from pipeline.config import PoolSize, WhisperOptions, WorkerConfig
+
+    monkeypatch.setattr(dispatch, "MAX_LOAD_LOSSES", 3)
+    config = WorkerConfig(output=str(tmp_path / "out"), whisper=WhisperOptions(), threads=1, model_name="tiny.en",
+                          model_sha256=tiny_model.sha256, fingerprint="f" * 16)
+    shards = dispatch.run_shards([0], lambda shard: b"", config, PoolSize(1, 1, 1),
+                                 env=lambda threads: {"BULKSCRIBE_DIE_AT": "actor_load"})
+    with pytest.raises(dispatch.ActorStartError, match="3 actors in a row were lost while loading their model"):
+        list(shards)
