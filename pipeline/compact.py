@@ -155,12 +155,18 @@ def _in_use(store: OutputStore, catalog: pa.Table, committed: Iterable[int]) -> 
     listed = set(committed)
     indexed = indexed_parts(store.index_entries())
     in_use = usable(catalog, {t: {s: p for s, p in indexed[t].items() if s in listed} for t in TABLES})
+    present = _present(store)
     for table, files in in_use.items():
-        present = {posixpath.relpath(p, store.root) for p in store.glob(store.path("_index", table, "*.parquet"))}
-        for name in [n for n in files if n not in present]:
+        for name in [n for n in files if n not in present[table]]:
             logger.warning("compacted file %s is gone: the parts of its shards are read instead", name)
             del files[name]
     return in_use
+
+
+def _present(store: OutputStore) -> dict[str, set[str]]:
+    """Per table, the compacted files there are (names relative to the folder): one listing each."""
+    return {table: {posixpath.relpath(p, store.root) for p in store.glob(store.path("_index", table, "*.parquet"))}
+            for table in TABLES}
 
 
 def problems(store: OutputStore, committed: Iterable[int]) -> list[str]:
@@ -191,18 +197,20 @@ def compact(store: OutputStore, markers: list[CommitMarker] | None = None, *, at
             before_write: Callable[[], None] = lambda: None) -> Compaction:
     """Bring the compacted files up to date with the committed shards: a file that holds
     a shard whose marker changed or went is written again without it (from the file
-    itself), and the shards no file of a table holds are copied into new files of it,
+    itself), one that is gone is dropped from the catalog, and the shards no file of a table holds are copied into new files of it,
     if `at_least` of them wait in some table. The shards are those of the marker index,
     or `markers` (what `update_index` just wrote there); `before_write` (the lease
     check) runs before each write."""
     parts = indexed_parts(store.index_entries()) if markers is None else marker_parts(markers)
     catalog = _files_of(read_catalog(store))
+    present = _present(store)
     rows: dict[str, list] = {c: [] for c in _CATALOG_SCHEMA.names}
     trimmed = 0
     covered: dict[str, set[int]] = {t: set() for t in TABLES}
     for table, files in catalog.items():
         for name, shards in files.items():
-            current = _current(shards, parts[table], covered[table])
+            # A file that is gone is dropped: its shards are copied again.
+            current = _current(shards, parts[table], covered[table]) if name in present[table] else []
             if len(current) < len(shards) and current:
                 before_write()
                 name = _trim(store, table, name, current)

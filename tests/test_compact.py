@@ -162,3 +162,7 @@ def test_verify_checks_the_compacted_files_the_views_read(folder):
     files_file.unlink()
     assert open_output(str(folder)).sql("select count(*) from files").fetchall()[0][0] == 4  # from the parts
     assert any("is named in _index/compacted.parquet but gone" in p for p in verify(store).problems)
+    done = compact.compact(store)  # copies the shards of the file that is gone again
+    assert done.dropped == 1 and done.shards >= 1 and done.waiting == 0
+    assert open_output(str(folder)).sql("select count(*) from files").fetchall()[0][0] == 4
+    assert all(p.startswith("_index/files/") for p in reads(folder, "files"))
