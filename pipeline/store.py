@@ -284,7 +284,7 @@ class OutputStore:
 
         with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
             paths = [p for found in pool.map(listed, prefixes) for p in found]
-        return _shard_numbers(posixpath.basename(p) for p in paths) & among
+        return shard_numbers(posixpath.basename(p) for p in paths) & among
 
     def etags(self, folder: str) -> dict[str, str] | None:
         """The ETag of every object under `folder` (path: ETag), from a listing (one request
@@ -305,7 +305,7 @@ class OutputStore:
             names = _local_names(self.path(folder), pattern)
         else:
             names = [posixpath.basename(p) for p in self.glob(self.path(folder, pattern))]
-        return _shard_numbers(names)
+        return shard_numbers(names)
 
     def replace_marker(self, shard: int, marker: CommitMarker) -> None:
         """Overwrite the marker of a committed shard (`retry-failed`, under the lease)."""
@@ -429,7 +429,7 @@ def json_bytes(data: dict[str, Any]) -> bytes:
     return json.dumps(data, indent=2, sort_keys=True).encode()
 
 
-def _shard_numbers(names: Iterable[str]) -> set[int]:
+def shard_numbers(names: Iterable[str]) -> set[int]:
     """The shard numbers in file names (000042.json, part-000042.parquet); others are skipped."""
     return {int(m.group(1)) for name in names if (m := _SHARD_FILE_RE.search(name))}
 

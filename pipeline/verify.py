@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from pipeline import compact
 from pipeline.records import CommitMarker
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
-from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, json_bytes, read_parquet_bytes
+from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, json_bytes, read_parquet_bytes, shard_numbers
 
 # The columns the checks of segments against units need; the text is not kept.
 _KEYS = {"files": ["unit_id", "segments"], "segments": ["unit_id", "segment"]}
@@ -91,7 +91,9 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         v.problems.append("no plan (_plan/ is empty): not a bulkscribe output folder, or planning never finished")
         return v
     planned_shards = set(pc.unique(plan.column("shard")).to_pylist())
-    committed = store.committed()
+    etags = _listed_etags(store, reparse)
+    # The listings of the ETags are those of the markers and parts too.
+    committed = store.committed() if etags is None else _listed_shards(store, etags, "_commits")
     indexed = store.index_entries()
     shards = sorted(committed & planned_shards)
     blocks = [shards[i:i + BLOCK_SHARDS] for i in range(0, len(shards), BLOCK_SHARDS)]
@@ -99,7 +101,7 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
     with ExitStack() as stack:
         # Processes (for a large local folder) start on the blocks now; the checks of
         # the plan and the listings run here meanwhile.
-        checked = _checked_blocks(store, blocks, indexed, reparse, stack, _listed_etags(store, reparse))
+        checked = _checked_blocks(store, blocks, indexed, reparse, stack, etags)
         v.units_planned, v.shards_planned = plan.num_rows, len(planned_shards)
         planned = _counted(plan.select(["unit_id"]), ["unit_id"])
         for uid, n in zip(*_columns(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
@@ -113,7 +115,8 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
             v.notes.append(f"shard {shard}: the marker index (_index/markers.parquet) holds it, but its marker "
                            "is gone, so status counts it as committed until a run writes the index again")
         for table in TABLES:
-            for shard in sorted(store.shards_in(table, "part-*.parquet") - committed):
+            parts = store.shards_in(table, "part-*.parquet") if etags is None else _listed_shards(store, etags, table)
+            for shard in sorted(parts - committed):
                 v.notes.append(f"{table} part of uncommitted shard {shard} (left by an interrupted attempt; "
                                "a rerun replaces it)")
         committed_units = pc.unique(
@@ -155,6 +158,12 @@ def _listed_etags(store: OutputStore, reparse: bool) -> dict[str, str] | None:
             return None
         tags.update(listed)
     return tags
+
+
+def _listed_shards(store: OutputStore, etags: dict[str, str], folder: str) -> set[int]:
+    """The shard numbers of the objects in `folder` that the ETag listings hold."""
+    prefix = store.path(folder) + "/"
+    return shard_numbers(p[len(prefix):] for p in etags if p.startswith(prefix) and "/" not in p[len(prefix):])
 
 
 @dataclass

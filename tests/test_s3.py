@@ -213,6 +213,10 @@ def test_verify_on_s3_reads_no_marker_or_part_whose_etag_shows_it_unchanged(s3, 
     assert result.ok and result.shards_committed > 1 and result.shards_reparsed == 0
     assert not [r for r in reads if r.startswith(("_commits/", "segments/", "files/"))]
     assert verify(store, reparse=True).format() == result.format()  # reads and parses everything: the same
+    # The same listings give the committed shards and the parts left by uncommitted attempts.
+    fs.pipe_file("audio/verified/files/part-009999.parquet", b"left by an attempt that never committed")
+    assert "files part of uncommitted shard 9999 (left by an interrupted attempt; a rerun replaces it)" in \
+        verify(store).notes
 
     # Bytes that changed behind a marker's back show in the listing: read, and reported.
     part = "audio/verified/files/part-000000.parquet"
