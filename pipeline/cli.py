@@ -189,7 +189,8 @@ def verify_command(args: argparse.Namespace) -> int:
     print(result.format())
     if not args.reparse and result.shards_committed:
         print(f"rows read in {result.shards_reparsed} of {result.shards_committed} shards; the others' parts were "
-              "checked by their writer and their sha256 still matches (--reparse reads them all)")
+              "checked by their writer and are unchanged since (their sha256, or on an object store their ETag, "
+              "matches; --reparse reads them all)")
     return 0 if result.ok else 1
 
 
