@@ -273,7 +273,12 @@ with OnDemandRay(spec) as ray_runtime:
 found["stopped"] = not ray.is_initialized()
 # Every process Ray started here is gone (its autoscaler monitor, killed first, too).
 tasks = f"/proc/{os.getpid()}/task"
-found["children"] = [int(pid) for task in os.listdir(tasks) for pid in open(f"{tasks}/{task}/children").read().split()]
+found["children"] = []
+for task in os.listdir(tasks):
+    try:
+        found["children"] += [int(pid) for pid in open(f"{tasks}/{task}/children").read().split()]
+    except FileNotFoundError:  # a thread that ended since the listing
+        pass
 try:
     run(spec)  # a new job: Ray starts while its inputs are listed, which fails
 except InputError:
