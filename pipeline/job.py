@@ -23,7 +23,7 @@ from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, Wo
                              fingerprint_fields)
 from pipeline.ray_session import (OnDemandRay, RaySession, autoscaler_request, joins_cluster, ray_session,
                                   run_setup_hook)
-from pipeline.records import JobRecord, RunRecord
+from pipeline.records import CommitMarker, JobRecord, RunRecord
 from pipeline.resume import check_fingerprint, folder_options, with_folder_options
 from pipeline.report import Progress, Summary, summarize
 from pipeline.store import OutputStore
@@ -267,7 +267,7 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
     return summary
 
 
-def _compact(store: OutputStore, markers: list, lease: Lease) -> None:
+def _compact(store: OutputStore, markers: list[CommitMarker], lease: Lease) -> None:
     """Keep the compacted copies that queries read up to date (`pipeline.compact`): new
     ones once enough shards wait for one. Everything is committed by now: a failure here
     only leaves queries reading more parts, and is logged."""
