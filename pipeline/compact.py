@@ -141,7 +141,7 @@ def sources(store: OutputStore, committed: list[int]) -> dict[str, Sources]:
     catalog = read_catalog(store)
     if catalog is None or catalog.num_rows == 0:
         return {t: Sources() for t in TABLES}
-    in_use = _in_use(store, catalog, committed)
+    in_use = _in_use(catalog, committed, indexed_parts(store.index_entries()), _present(store))
     return {
         table: Sources(compacted=[store.path(name) for name in sorted(names)],
                        covered={s for shards in names.values() for s in shards})
@@ -149,13 +149,12 @@ def sources(store: OutputStore, committed: list[int]) -> dict[str, Sources]:
     }
 
 
-def _in_use(store: OutputStore, catalog: pa.Table, committed: Iterable[int]) -> dict[str, dict[str, list[int]]]:
-    """`usable` for the listed `committed` shards and the markers in the index, less the
-    files that are gone."""
+def _in_use(catalog: pa.Table, committed: Iterable[int], indexed: dict[str, dict[int, Part]],
+            present: dict[str, set[str]]) -> dict[str, dict[str, list[int]]]:
+    """`usable` for the listed `committed` shards and the markers in the index
+    (`indexed_parts`), less the files that are gone (not among those `present`)."""
     listed = set(committed)
-    indexed = indexed_parts(store.index_entries())
     in_use = usable(catalog, {t: {s: p for s, p in indexed[t].items() if s in listed} for t in TABLES})
-    present = _present(store)
     for table, files in in_use.items():
         for name in [n for n in files if n not in present[table]]:
             logger.warning("compacted file %s is gone: the parts of its shards are read instead", name)
@@ -169,20 +168,19 @@ def _present(store: OutputStore) -> dict[str, set[str]]:
             for table in TABLES}
 
 
-def problems(store: OutputStore, committed: Iterable[int]) -> list[str]:
+def problems(store: OutputStore, committed: Iterable[int], entries: dict[int, str] | None = None) -> list[str]:
     """What `verify` finds wrong in the compacted files the views would read: one that is
-    gone, or whose rows per shard are not as many as the marker gives the shard's part."""
+    gone, or whose rows per shard are not as many as the marker gives the shard's part.
+    `entries`: the marker index (`index_entries`), if the caller has read it already."""
     catalog = read_catalog(store)
     if catalog is None:
         return []
-    found = []
-    for table, files in _files_of(catalog).items():
-        for name in files:
-            if not store.fs.exists(store.path(name)):
-                found.append(f"compacted file {name} is named in {posixpath.relpath(catalog_path(store), store.root)} "
-                             "but gone (the views read its shards' parts; `bulkscribe compact` writes it again)")
-    indexed = indexed_parts(store.index_entries())
-    for table, files in _in_use(store, catalog, committed).items():
+    present = _present(store)
+    found = [f"compacted file {name} is named in {posixpath.relpath(catalog_path(store), store.root)} "
+             "but gone (the views read its shards' parts; `bulkscribe compact` writes it again)"
+             for table, files in _files_of(catalog).items() for name in files if name not in present[table]]
+    indexed = indexed_parts(store.index_entries() if entries is None else entries)
+    for table, files in _in_use(catalog, committed, indexed, present).items():
         for name, shards in files.items():
             rows = Counter(read_parquet_bytes(store.read_bytes(store.path(name)), ["shard"]).column(0).to_pylist())
             expected = {s: indexed[table][s].rows for s in shards}

@@ -141,7 +141,7 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         v.problems.append(f"unit {uid} appears {n or 0} times in files")
     for (uid,) in zip(*_columns(found.filter(pc.invert(pc.is_in(found["unit_id"], committed_units))), "unit_id")):
         v.problems.append(f"unit {uid} is in files but not planned in a committed shard")
-    v.problems += compact.problems(store, committed)
+    v.problems += compact.problems(store, committed, indexed)
     return v
 
 
@@ -295,7 +295,7 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: b
     index's marker written out is that marker, and a part whose ETag is the MD5 its
     marker records is the writer's bytes: a shard whose marker and both parts (checked
     by their writer) are so is not read at all."""
-    listed = _listed(store, shard, indexed, etags, reparse)
+    listed = _listed(store, shard, indexed, etags)
     if listed is not None:
         return listed
     problems, data = [], {}
@@ -332,10 +332,10 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: b
     return _Shard(problems, keys)
 
 
-def _listed(store: OutputStore, shard: int, indexed: str | None, etags: dict[str, str] | None,
-            reparse: bool) -> _Shard | None:
-    """`_check_shard`'s answer from the listing's ETags alone, or None if it needs reads."""
-    if etags is None or indexed is None or reparse:
+def _listed(store: OutputStore, shard: int, indexed: str | None, etags: dict[str, str] | None) -> _Shard | None:
+    """`_check_shard`'s answer from the listing's ETags alone (none with `reparse`), or
+    None if it needs reads."""
+    if etags is None or indexed is None:
         return None
     data = json.loads(indexed)
     if etags.get(store.marker_path(shard)) != hashlib.md5(json_bytes(data)).hexdigest():
