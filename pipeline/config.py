@@ -132,16 +132,18 @@ class ActorOptions:
         what makes an autoscaler launch a node)."""
         return self.actors or max(1, int(cpus // self.threads))
 
-    def pool(self, cpus: float, shards: int) -> "PoolSize":
+    def pool(self, cpus: float, shards: int, *, nodes_join: bool = True) -> "PoolSize":
         """The actor pool for `shards` shards on a cluster offering `cpus` CPUs now.
 
         With `actors` set, exactly that many (never more than the shards). Otherwise
         `actors_for(cpus)` to start with, growing up to one actor per shard as nodes join,
-        shrinking when the queue runs dry.
+        shrinking when the queue runs dry. Where no node can join (`nodes_join=False`: a
+        Ray started for the job), the CPUs there are now are all there will be: a fixed
+        pool, which does not ask Ray for free CPUs every second.
         """
         shards = max(1, shards)
         initial = min(shards, self.actors_for(cpus))
-        if self.actors is not None:
+        if self.actors is not None or not nodes_join:
             return PoolSize(initial, initial, initial)
         return PoolSize(1, initial, shards)
 

@@ -115,9 +115,9 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         store.unindex(pending)
         config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
         session = ray_runtime.session()
-        results = _execute(planned, pending, config, spec.actors.pool(session.cpus, len(pending)), session,
-                           spec.progress, lease=lease, autoscale=joins_cluster(spec),
-                           per_node=spec.actors.per_node)
+        pool = spec.actors.pool(session.cpus, len(pending), nodes_join=joins_cluster(spec))
+        results = _execute(planned, pending, config, pool, session, spec.progress, lease=lease,
+                           autoscale=joins_cluster(spec), per_node=spec.actors.per_node)
     logs = ray_runtime.logs
     ray_runtime.close()
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease, logs)
@@ -204,9 +204,9 @@ def retry_failed(
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
             config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             with ray_session(spec) as session:
-                results = _execute(store.read_plan(), shards, config, actors.pool(session.cpus, len(shards)), session,
-                                   progress, mode="retry", lease=lease, autoscale=joins_cluster(spec),
-                                   per_node=actors.per_node)
+                pool = actors.pool(session.cpus, len(shards), nodes_join=joins_cluster(spec))
+                results = _execute(store.read_plan(), shards, config, pool, session, progress, mode="retry",
+                                   lease=lease, autoscale=joins_cluster(spec), per_node=actors.per_node)
             return _finish_run(store, started, results, len(shards), 0, lease, session.logs)
         logger.info("no failed units to retry")
         return _finish_run(store, started, results, 0, 0, lease)

@@ -79,6 +79,9 @@ def test_the_pool_is_elastic_unless_actors_are_given():
     fixed = ActorOptions(actors=3).pool(cpus=64, shards=10)
     assert fixed == PoolSize(3, 3, 3) and not fixed.elastic
     assert ActorOptions(actors=3).pool(cpus=64, shards=2) == PoolSize(2, 2, 2)
+    # A Ray started for the job: no node can join, so nothing to grow onto.
+    assert ActorOptions(threads=2).pool(cpus=8, shards=100, nodes_join=False) == PoolSize(4, 4, 4)
+    assert ActorOptions().pool(cpus=8, shards=3, nodes_join=False) == PoolSize(3, 3, 3)
 
 
 def test_importing_the_package_loads_neither_pyarrow_nor_ray():
