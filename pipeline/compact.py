@@ -168,10 +168,10 @@ def _present(store: OutputStore) -> dict[str, set[str]]:
             for table in TABLES}
 
 
-def problems(store: OutputStore, committed: Iterable[int], entries: dict[int, str] | None = None) -> list[str]:
+def problems(store: OutputStore, committed: Iterable[int], entries: dict[int, str]) -> list[str]:
     """What `verify` finds wrong in the compacted files the views would read: one that is
     gone, or whose rows per shard are not as many as the marker gives the shard's part.
-    `entries`: the marker index (`index_entries`), if the caller has read it already."""
+    `entries`: the marker index (`index_entries`), as the caller read it."""
     catalog = read_catalog(store)
     if catalog is None:
         return []
@@ -179,7 +179,7 @@ def problems(store: OutputStore, committed: Iterable[int], entries: dict[int, st
     found = [f"compacted file {name} is named in {posixpath.relpath(catalog_path(store), store.root)} "
              "but gone (the views read its shards' parts; `bulkscribe compact` writes it again)"
              for table, files in _files_of(catalog).items() for name in files if name not in present[table]]
-    indexed = indexed_parts(store.index_entries() if entries is None else entries)
+    indexed = indexed_parts(entries)
     for table, files in _in_use(catalog, committed, indexed, present).items():
         for name, shards in files.items():
             rows = Counter(read_parquet_bytes(store.read_bytes(store.path(name)), ["shard"]).column(0).to_pylist())

@@ -19,7 +19,7 @@ from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease, LeaseLostError
 from pipeline.commit import ShardResult, iso, retry_intent_path
 from pipeline.dispatch import run_shards, units_to_ipc
-from pipeline.config import (ActorOptions, JobSpec, PoolSize, WhisperOptions, WorkerConfig, fingerprint,
+from pipeline.config import (ActorOptions, JobSpec, WhisperOptions, WorkerConfig, fingerprint,
                              fingerprint_fields)
 from pipeline.ray_session import (OnDemandRay, RaySession, autoscaler_request, joins_cluster, ray_session,
                                   run_setup_hook)
@@ -115,9 +115,8 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         store.unindex(pending)
         config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
         session = ray_runtime.session()
-        pool = spec.actors.pool(session.cpus, len(pending), nodes_join=joins_cluster(spec))
-        results = _execute(planned, pending, config, pool, session, spec.progress, lease=lease,
-                           autoscale=joins_cluster(spec), per_node=spec.actors.per_node)
+        results = _execute(planned, pending, config, spec.actors, session, spec.progress,
+                           joins=joins_cluster(spec), lease=lease)
     logs = ray_runtime.logs
     ray_runtime.close()
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease, logs)
@@ -204,9 +203,8 @@ def retry_failed(
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
             config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
             with ray_session(spec) as session:
-                pool = actors.pool(session.cpus, len(shards), nodes_join=joins_cluster(spec))
-                results = _execute(store.read_plan(), shards, config, pool, session, progress, mode="retry",
-                                   lease=lease, autoscale=joins_cluster(spec), per_node=actors.per_node)
+                results = _execute(store.read_plan(), shards, config, actors, session, progress,
+                                   joins=joins_cluster(spec), mode="retry", lease=lease)
             return _finish_run(store, started, results, len(shards), 0, lease, session.logs)
         logger.info("no failed units to retry")
         return _finish_run(store, started, results, 0, 0, lease)
@@ -288,18 +286,19 @@ def _execute(
     planned: pa.Table,
     pending: list[int],
     config: WorkerConfig,
-    pool: PoolSize,
+    actors: ActorOptions,
     session: RaySession,
     progress: bool | None,
+    *,
+    joins: bool,
     mode: str = "run",
     lease: Lease | None = None,
-    autoscale: bool = False,
-    per_node: bool = False,
 ) -> list[ShardResult]:
     """Run the pending shards on a pool of ShardWorker actors (`pipeline.dispatch`),
-    the longest (by estimated audio) first; one progress bar. With `autoscale` (a joined
-    cluster), an elastic pool also asks the cluster's autoscaler for the CPUs its waiting
-    shards could use; with `per_node`, each node's actors take that node's tuning profile."""
+    the longest (by estimated audio) first; one progress bar. The pool is `actors.pool`
+    for the session's CPUs. Where the job `joins` a cluster, an elastic pool grows as nodes
+    join and asks the cluster's autoscaler for the CPUs its waiting shards could use, and
+    with `actors.per_node` each node's actors take that node's tuning profile."""
     from tqdm import tqdm
 
     try:
@@ -311,6 +310,8 @@ def _execute(
 
     by_shard = dict(plan.group_by_shard(planned, pending))
     est_s = {s: pc.sum(t.column("est_audio_s")).as_py() or 0.0 for s, t in by_shard.items()}
+    pool = actors.pool(session.cpus, len(pending), nodes_join=joins)
+    per_node = actors.per_node
     if pool.elastic and per_node:
         logger.info("running %d shard(s) on actors placed node by node, each with its node's tuning profile "
                     "(else %d thread(s)), more as nodes join (up to %d)", len(by_shard), config.threads, pool.maximum)
@@ -328,7 +329,7 @@ def _execute(
     longest_first = sorted(by_shard, key=est_s.__getitem__, reverse=True)
     shards = run_shards(longest_first, lambda s: units_to_ipc(by_shard[s]), config, pool,
                         session.actor_runtime_env, mode, per_node=per_node)
-    request = autoscaler_request(pool, config.threads) if autoscale else contextlib.nullcontext()
+    request = autoscaler_request(pool, config.threads) if joins else contextlib.nullcontext()
     with request, logging_redirect_tqdm(), tqdm(
         total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,
         dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} planned audio-min [{elapsed}<{remaining}{postfix}]",
