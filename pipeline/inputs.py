@@ -105,6 +105,13 @@ def expand(inputs: Iterable[str], storage_options: dict[str, Any] | None = None)
     return _dedupe_sorted(table)
 
 
+def absolute(inputs: Iterable[str]) -> tuple[str, ...]:
+    """The inputs with local paths made absolute, URLs as given: how a folder records
+    them, so that a rerun knows the same folder named another way (`audio`, `./audio/`,
+    `$PWD/audio`), and the same name given in another directory is another folder."""
+    return tuple(item if "://" in item else os.path.abspath(item) for item in inputs)
+
+
 def local_paths_exist(inputs: Iterable[str]) -> bool:
     """Whether every input that is a plain local path (no URL, no glob) is there: a
     cheap look before a listing that may take long (a mistyped path fails at once)."""

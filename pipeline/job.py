@@ -4,6 +4,7 @@ pending shards through the actor pool (`pipeline.dispatch`), record the run."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -44,7 +45,7 @@ def run(spec: JobSpec) -> Summary:
     run_setup_hook()
     store = OutputStore(spec.output, spec.storage_options)
     job = store.read_job()
-    spec = with_folder_options(spec, job)
+    spec = with_folder_options(dataclasses.replace(spec, inputs=inputs.absolute(spec.inputs)), job)
     model = models.resolve(spec.whisper.model)
     check_language(spec.whisper, model)
     # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
@@ -60,8 +61,9 @@ def run(spec: JobSpec) -> Summary:
 
 def _goes_by_saved_plan(spec: JobSpec, job: JobRecord | None, store: OutputStore) -> bool:
     """Whether this run may skip listing its inputs: a rerun naming the inputs its folder
-    was planned from, without `rescan` (listing 10^6 files takes half a minute on a local
-    disk, 1,000 requests on S3)."""
+    was planned from (local paths compared as absolute paths, see `inputs.absolute`),
+    without `rescan` (listing 10^6 files takes half a minute on a local disk, 1,000
+    requests on S3)."""
     if spec.rescan or job is None or list(spec.inputs) != job.spec.get("inputs") or not store.plan_parts():
         return False
     logger.info("resuming the saved plan; the inputs are not listed again (--rescan plans files added since)")

@@ -170,6 +170,28 @@ def test_a_rerun_goes_by_the_saved_plan_and_lists_the_inputs_again_when_asked(ra
     assert rescanned.shards_ran == 1 and rescanned.units_planned == 2 and rescanned.complete
 
 
+def test_a_rerun_knows_its_inputs_by_where_they_are(ray_cluster, tmp_path, speech_dir, monkeypatch):
+    """The same folder named another way goes by the saved plan; the same name given in
+    another directory is another folder, and is listed."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(speech_dir / "misc" / "jfk.flac", archive / "first.flac")
+    monkeypatch.chdir(tmp_path)
+    spec = JobSpec(inputs=("archive",), output=str(tmp_path / "out"), progress=False)
+    assert run(spec).units_done == 1
+    shutil.copy(speech_dir / "misc" / "jfk.flac", archive / "added-later.flac")
+    again = run(dataclasses.replace(spec, inputs=(f"{archive}/",)))
+    assert again.shards_ran == 0 and again.units_planned == 1
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "archive").mkdir(parents=True)
+    shutil.copy(speech_dir / "misc" / "jfk.flac", elsewhere / "archive" / "other.flac")
+    monkeypatch.chdir(elsewhere)
+    moved = run(spec)
+    assert moved.shards_ran == 1 and moved.units_planned == 2 and moved.complete
+    planned = duckdb.sql(f"select uri from '{tmp_path}/out/_plan/*.parquet' order by uri").fetchall()
+    assert [uri for uri, in planned] == [str(archive / "first.flac"), str(elsewhere / "archive" / "other.flac")]
+
+
 def test_the_longest_shards_run_first(ray_cluster, tmp_path, speech_dir):
     """One actor, a shard per file: shards start in order of their estimated audio,
     longest first, whatever their numbers (here the reverse of the names' order)."""
