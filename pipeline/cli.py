@@ -136,7 +136,7 @@ def retry_failed_command(args: argparse.Namespace) -> int:
 
 
 def compact_command(args: argparse.Namespace) -> int:
-    from pipeline.compact import compact
+    from pipeline.compact import RETIRED_KEEP_S, compact
     from pipeline.lease import Lease
     from pipeline.store import OutputStore
 
@@ -147,7 +147,8 @@ def compact_command(args: argparse.Namespace) -> int:
         markers = store.update_index(before_write=lease.check)
         done = compact(store, markers, before_write=lease.check)
     print(f"{done.shards} shard(s) copied into {done.files} compacted file(s), {done.dropped} file(s) no longer "
-          f"used deleted; {done.waiting} committed shard(s) in no compacted file")
+          f"used (deleted after {RETIRED_KEEP_S / 3600:g} h: a reader may still hold them), "
+          f"{done.deleted} deleted; {done.waiting} committed shard(s) in no compacted file")
     return 0
 
 

@@ -17,7 +17,10 @@ compacted file never shows rows a marker does not commit, and never hides a newe
 
 Compaction runs under the folder's lease: at the end of a run once enough shards wait
 (`COMPACT_AT_SHARDS`), or by `bulkscribe compact`. Compacted files are written before
-the catalog that names them; files the catalog no longer names are deleted after it.
+the catalog that names them. A file the catalog no longer names is not deleted at once:
+a reader that read the catalog before (a query, a notebook's open folder) may still be
+reading it. `_index/retired.json` records when each was left out, and a compaction
+deletes those left out `RETIRED_KEEP_S` or longer ago.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +52,10 @@ COMPACT_AT_SHARDS = 1000
 # bytes in all (memory while one is built: a few times that).
 SHARDS_PER_FILE = 1000
 PART_BYTES_PER_FILE = 64 << 20
+# A compacted file the catalog no longer names is deleted this long after it was left
+# out; a reader that opened the folder before and reads it later than that must open
+# the folder again.
+RETIRED_KEEP_S = 3600.0
 
 _CATALOG_SCHEMA = pa.schema([
     pa.field("table", pa.string()),
@@ -59,6 +67,10 @@ _CATALOG_SCHEMA = pa.schema([
 
 def catalog_path(store: OutputStore) -> str:
     return store.path("_index", "compacted.parquet")
+
+
+def retired_path(store: OutputStore) -> str:
+    return store.path("_index", "retired.json")
 
 
 @dataclass
@@ -77,8 +89,9 @@ class Sources:
 class Compaction:
     shards: int  # shards copied into new compacted files
     files: int  # compacted files written (both tables), new or trimmed of shards gone stale
-    dropped: int  # compacted files no longer used, deleted
+    dropped: int  # compacted files the catalog names no more (deleted RETIRED_KEEP_S later)
     waiting: int  # committed shards left in no compacted file
+    deleted: int = 0  # compacted files deleted, left out RETIRED_KEEP_S or longer ago
 
 
 def read_catalog(store: OutputStore) -> pa.Table | None:
@@ -232,11 +245,30 @@ def compact(store: OutputStore, markers: list[CommitMarker] | None = None, *, at
     if written or trimmed or dropped:
         before_write()
         store.write_bytes(catalog_path(store), parquet_bytes(pa.table(rows, schema=_CATALOG_SCHEMA)))
-        for name in sorted(dropped):
-            store.delete(store.path(name))
+    deleted = _retire(store, set().union(*present.values()) - set(rows["file"]), before_write)
     committed = set().union(*(p.keys() for p in parts.values()))
     return Compaction(shards=len(copied), files=written + trimmed, dropped=len(dropped),
-                      waiting=len(committed - set.intersection(*covered.values())))
+                      waiting=len(committed - set.intersection(*covered.values())), deleted=deleted)
+
+
+def _retire(store: OutputStore, unnamed: set[str], before_write: Callable[[], None]) -> int:
+    """Delete the compacted files no catalog has named for RETIRED_KEEP_S, and record when
+    the others of `unnamed` (there, but not named by the catalog just written) were left
+    out. A file is left out when a compaction drops it, or when the first compaction
+    after a crash finds one it wrote but never named. Returns how many were deleted."""
+    now = time.time()
+    recorded = store.read_json(retired_path(store)) or {}
+    since = {name: recorded.get(name, now) for name in sorted(unnamed)}
+    expired = [name for name, left_out in since.items() if now - left_out >= RETIRED_KEEP_S]
+    if expired:
+        before_write()
+    for name in expired:
+        store.delete(store.path(name))
+        del since[name]
+    if since != recorded:
+        before_write()
+        store.write_json(retired_path(store), since)
+    return len(expired)
 
 
 def _add_rows(rows: dict[str, list], table: str, name: str, shards: list[int], parts: dict[int, Part]) -> None:

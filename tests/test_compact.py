@@ -87,7 +87,36 @@ def test_a_replaced_part_is_read_from_its_shard_until_compacted_again(folder):
     assert (done.shards, done.files, done.dropped, done.waiting) == (1, 2, 1, 0)
     assert all(p.startswith("_index/files/") for p in reads(folder, "files"))
     assert sorted(open_output(str(folder)).sql("select shard, node from files").fetchall()) == sorted(nodes)
-    assert len(list((folder / "_index" / "files").glob("*.parquet"))) == 2
+    # Two files named, and the old one kept for readers that opened the folder before.
+    assert len(list((folder / "_index" / "files").glob("*.parquet"))) == 3
+
+
+def test_a_file_left_out_is_deleted_once_readers_had_time(folder, monkeypatch):
+    store = OutputStore(str(folder))
+    compact.compact(store)
+    [old] = reads(folder, "files")
+    reader = open_output(str(folder))  # holds the catalog as it is now
+    files = pq.read_table(folder / "files" / "part-000000.parquet")
+    renamed = files.set_column(files.schema.get_field_index("node"), "node", pa.array(["elsewhere"] * files.num_rows))
+    replace_part(folder, "files", 0, renamed)
+    done = compact.compact(store)
+    assert (done.dropped, done.deleted) == (1, 0)
+    assert old not in reads(folder, "files")
+    # The reader that opened the folder before reads the file it was given.
+    assert [p[len(str(folder)) + 1:] for p in reader._parts("files")] == [old]
+    assert reader.sql("select count(*) from files").fetchall() == [(4,)]
+    assert list(json.loads((folder / "_index" / "retired.json").read_text())) == [old]
+
+    # Once the time is up, the next compaction deletes it, and a file a crashed compaction
+    # wrote but never named is left out and deleted in time too.
+    orphan = folder / "_index" / "files" / "000000-000003-0123abcd.parquet"
+    shutil.copy(folder / old, orphan)
+    monkeypatch.setattr(compact, "RETIRED_KEEP_S", 0.0)
+    done = compact.compact(store)
+    assert (done.shards, done.files, done.dropped, done.deleted) == (0, 0, 0, 2)
+    assert not (folder / old).exists() and not orphan.exists()
+    assert json.loads((folder / "_index" / "retired.json").read_text()) == {}
+    assert sorted(f"_index/files/{p.name}" for p in (folder / "_index" / "files").glob("*.parquet")) == reads(folder, "files")
 
 
 def test_a_shard_whose_marker_went_is_not_shown_from_a_compacted_file(folder):
