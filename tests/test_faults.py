@@ -292,8 +292,15 @@ def test_preemption_notice_drains_a_node(corpus, reference, tmp_path, cluster):
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(corpus, reference, tmp_path):
     out = tmp_path / "out"
-    # Every shard pauses, so the interruption lands with shards in flight.
-    first = start(corpus, out, env={"BULKSCRIBE_SHARD_PAUSE_S": "1"})
+    # A run as started from a terminal. A suite started in the background of a shell has
+    # SIGINT ignored, and its children keep it ignored (the run would go on after ctrl-c);
+    # a signal with a handler here is back to its default in the child.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        # Every shard pauses, so the interruption lands with shards in flight.
+        first = start(corpus, out, env={"BULKSCRIBE_SHARD_PAUSE_S": "1"})
+    finally:
+        signal.signal(signal.SIGINT, before)
     wait_until(lambda: shard_in_flight(out), what="a shard in flight after a commit")
     first.send_signal(signal.SIGINT)
     code, stdout, stderr = finish(first)
