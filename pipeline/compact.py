@@ -91,7 +91,7 @@ class Compaction:
     files: int  # compacted files written (both tables), new or trimmed of shards gone stale
     dropped: int  # compacted files the catalog names no more (deleted RETIRED_KEEP_S later)
     waiting: int  # committed shards left in no compacted file
-    deleted: int = 0  # compacted files deleted, left out RETIRED_KEEP_S or longer ago
+    deleted: int  # compacted files deleted, left out RETIRED_KEEP_S or longer ago
 
 
 def read_catalog(store: OutputStore) -> pa.Table | None:
@@ -260,14 +260,14 @@ def _retire(store: OutputStore, unnamed: set[str], before_write: Callable[[], No
     recorded = store.read_json(retired_path(store)) or {}
     since = {name: recorded.get(name, now) for name in sorted(unnamed)}
     expired = [name for name, left_out in since.items() if now - left_out >= RETIRED_KEEP_S]
-    if expired:
-        before_write()
+    kept = {name: left_out for name, left_out in since.items() if name not in expired}
+    if not expired and kept == recorded:
+        return 0
+    before_write()
     for name in expired:
         store.delete(store.path(name))
-        del since[name]
-    if since != recorded:
-        before_write()
-        store.write_json(retired_path(store), since)
+    if kept != recorded:
+        store.write_json(retired_path(store), kept)
     return len(expired)
 
 
