@@ -100,7 +100,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         job = _new_job(spec, model, fields, shard_audio_s)
         lease.check()
         store.write_job(job)
-    planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease)
+    planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease, spec.storage_options)
     shards = sorted(set(planned.column("shard").to_pylist()))
     # In an object store, the plan's key ranges of markers listed at once, not one
     # listing of 100 pages in sequence for 10^5 markers.
@@ -139,7 +139,7 @@ def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any],
 
 
 def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: float, window_s: float | None,
-                 lease: Lease) -> pa.Table:
+                 lease: Lease, storage_options: dict[str, Any] | None) -> pa.Table:
     """The saved plan plus new shards for units it does not hold yet (`units` None: the
     saved plan); long new files are split into windows (files the plan holds are not
     measured again)."""
@@ -149,7 +149,7 @@ def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: floa
             raise inputs.InputError(f"{store.uri()}: its plan (_plan/) is gone; run again with --rescan")
         return planned
     fresh = plan.new_units(units, planned, by_uri=True)
-    fresh = windows.split_long(fresh, window_s)
+    fresh = windows.split_long(fresh, window_s, storage_options=storage_options)
     fresh = plan.new_units(fresh, planned)
     if fresh.num_rows:
         first = plan.next_shard(planned)

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import audio, inputs
+from pipeline.durations import remote_durations
 from pipeline.plan import estimate_audio_s
 
 # A file is split only if it is at least this many windows long.
@@ -31,30 +32,38 @@ PROBES_AT_ONCE = 2 * len(os.sched_getaffinity(0))
 _FRAME_S = 0.02
 
 
-def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0) -> pa.Table:
+def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
+               storage_options: dict | None = None) -> pa.Table:
     """`units` with each long file replaced by its windows (column `split` true).
 
     A file's duration is the manifest's (`duration_s`) where it gives one; otherwise a
-    local file whose size says it may be long is measured (ffmpeg reads the container
-    header), several at once. A remote file without a duration stays whole: measuring it
-    would download it at plan time. The windows of a remote file are decoded from one
-    copy per node (`audio.cached_copy`). The last window of a file never has an end, so
-    a duration that is too short loses nothing.
+    file whose size says it may be long is measured, several at once: a local one by
+    ffmpeg (it reads the container header), a remote one from its header bytes
+    (`durations`: a ranged read or two, never the whole file; a container it does not
+    know stays whole). The windows of a remote file are decoded from one copy per node
+    (`audio.cached_copy`). The last window of a file never has an end, so a duration
+    that is too short loses nothing.
     """
     if not window_s or units.num_rows == 0:
         return units.append_column("split", pa.array([False] * units.num_rows, pa.bool_()))
     est_limit = SPLIT_AT_WINDOWS * window_s / 4  # sizes only estimate; measure anything close
     rows = units.to_pylist()
     durations: list[float | None] = [None] * len(rows)
-    to_probe = []
+    to_probe, to_read = [], []
     for i, row in enumerate(rows):
         whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
         if not whole:
             continue
         if row.get("duration_s") is not None:
             durations[i] = row["duration_s"]
-        elif audio.local_path(row["uri"]) is not None and estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
-            to_probe.append(i)
+        elif estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
+            if audio.local_path(row["uri"]) is not None:
+                to_probe.append(i)
+            elif row["size_bytes"]:
+                to_read.append(i)
+    read = remote_durations([rows[i]["uri"] for i in to_read], [rows[i]["size_bytes"] for i in to_read], storage_options)
+    for i, duration in zip(to_read, read):
+        durations[i] = duration
     # Each probe is an ffmpeg process that spends most of its ~30 ms starting.
     with ThreadPoolExecutor(PROBES_AT_ONCE) as pool:
         for i, duration in zip(to_probe, pool.map(lambda i: audio.probe_duration(rows[i]["uri"], timeout_s), to_probe)):

@@ -130,23 +130,19 @@ def test_http_inputs(corpus, tmp_path):
 
 
 def test_a_long_remote_file_is_split_and_downloaded_once_per_node(s3, tmp_path, speech_dir):
-    """Windows of a file on S3 (its duration from the manifest): each window and seam is
-    decoded from the node's one copy, and the transcript is whole."""
+    """A long file listed on S3: its duration read from its header (a ranged read), each
+    window and seam decoded from the node's one copy, and the transcript whole."""
     import duckdb
     import s3fs
 
+    from pipeline import audio
     from tests.test_windows import _reading
     from tests.wer import wer
 
     target, reference = _reading(tmp_path / "in", speech_dir, 150)
     s3fs.S3FileSystem(endpoint_url=s3).put_file(str(target), "audio/long/reading.wav")
-    from pipeline import audio
-
-    duration = audio.probe_duration(str(target))
-    manifest = tmp_path / "long.csv"
-    manifest.write_text(f"uri,duration_s\ns3://audio/long/reading.wav,{duration:.3f}\n")
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run_ok(manifest, out, "--window-minutes", "1", "--storage-option", f"endpoint_url={s3}",
+    run_ok("s3://audio/long", out, "--window-minutes", "1", "--storage-option", f"endpoint_url={s3}",
            env={audio.CACHE_ENV: str(cache)})
     files = duckdb.sql(f"select start_s, end_s, status from '{out}/files/*.parquet' order by start_s").fetchall()
     assert len(files) == 3 and all(status == "ok" for *_, status in files)
@@ -154,6 +150,10 @@ def test_a_long_remote_file_is_split_and_downloaded_once_per_node(s3, tmp_path, 
     assert [p.suffix for p in cache.iterdir() if p.suffix != ".lock"] == [".wav"]  # one copy, no partial download
     text = duckdb.sql(f"select string_agg(text, ' ' order by start) from '{out}/segments/*.parquet'").fetchall()[0][0]
     assert wer([reference], [text]) < 0.1
+    # The same windows, so the same segments, as the file run from a local folder.
+    run_ok(target.parent, tmp_path / "local", "--window-minutes", "1")
+    segments = "select start, \"end\", text from '{}/segments/*.parquet' order by start"
+    assert duckdb.sql(segments.format(out)).fetchall() == duckdb.sql(segments.format(tmp_path / "local")).fetchall()
 
 
 def test_listings_are_not_kept_after_expansion(s3):

@@ -75,23 +75,30 @@ def test_a_duration_from_the_manifest_plans_windows_without_probing(tmp_path, sp
     assert str(target) not in probed
 
 
-def test_a_remote_file_is_split_when_the_manifest_gives_its_duration(tmp_path, speech_dir, monkeypatch):
+def test_remote_files_are_split_by_the_duration_their_manifest_or_header_gives(tmp_path, speech_dir, monkeypatch):
     import fsspec
 
     fs = fsspec.filesystem("memory")
+    target, _ = _reading(tmp_path / "in", speech_dir, 200)
     clip = (speech_dir / "misc" / "jfk.flac").read_bytes()
-    fs.pipe_file("/archive/long.flac", clip)
-    fs.pipe_file("/archive/unknown.flac", clip * 40)  # large, but its length is not known
+    fs.pipe_file("/archive/reading.wav", target.read_bytes())  # 200 s, as its header says
+    fs.pipe_file("/archive/long.flac", clip)  # said to be 150 s by the manifest: not read
+    fs.pipe_file("/archive/joined.flac", clip * 40)  # large, but its header says 11 s
     manifest = tmp_path / "m.csv"
-    manifest.write_text("uri,duration_s\nmemory://archive/long.flac,150\nmemory://archive/unknown.flac,\n")
-    monkeypatch.setattr(audio, "probe_duration", lambda *a, **k: pytest.fail("a remote file was probed at plan time"))
+    manifest.write_text("uri,duration_s\nmemory://archive/long.flac,150\nmemory://archive/reading.wav,\n"
+                        "memory://archive/joined.flac,\n")
+    monkeypatch.setattr(audio, "probe_duration", lambda *a, **k: pytest.fail("a remote file was probed by ffmpeg"))
     try:
         rows = windows.split_long(inputs.expand([str(manifest)]), 60.0).to_pylist()
     finally:
         fs.rm("/archive", recursive=True)
     assert [(r["start_s"], r["end_s"]) for r in rows if r["uri"].endswith("long.flac")] == [
         (0.0, 60.0), (60.0, 120.0), (120.0, None)]
-    assert [(r["start_s"], r["end_s"], r["split"]) for r in rows if r["uri"].endswith("unknown.flac")] == [
+    monkeypatch.undo()
+    local = windows.split_long(inputs.expand([str(target)]), 60.0).to_pylist()
+    assert [(r["start_s"], r["end_s"]) for r in rows if r["uri"].endswith("reading.wav")] == [
+        (r["start_s"], r["end_s"]) for r in local] and len(local) == 4  # the same windows as its local copy
+    assert [(r["start_s"], r["end_s"], r["split"]) for r in rows if r["uri"].endswith("joined.flac")] == [
         (0.0, None, False)]
 
 
