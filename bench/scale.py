@@ -24,8 +24,12 @@ S3 server: `verify` (with and without `--reparse`), the query over the parts,
 `bulkscribe compact` there, and the query over the compacted files, with the HTTP
 requests of each.
 
+With `--long`, planning N long local files into windows: durations read from the
+headers against one ffmpeg probe per file, side by side.
+
     python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
                           [--status-s3 10000] [--read 10000,100000] [--read-s3 10000]
+                          [--long 2000]
 """
 
 from __future__ import annotations
@@ -430,6 +434,48 @@ def _measured(command: list[str], env: dict[str, str] | None = None) -> tuple[fl
     return wall, usage.ru_maxrss / 1024, text
 
 
+def long_files(files: int) -> None:
+    """Planning N long local files (hard links of 15-minute MP3 and WAV recordings made
+    from a bundled clip) into 10-minute windows: durations from the headers
+    (`pipeline.durations`), as bulkscribe plans, against one ffmpeg probe per file, side by
+    side on the same files."""
+    from unittest import mock
+
+    from pipeline import inputs, windows
+
+    folder = WORK / f"long-{files}"
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "audio").mkdir(parents=True)
+        for suffix, options in ((".wav", []), (".mp3", ["-c:a", "libmp3lame", "-b:a", "64k"])):
+            subprocess.run([_ffmpeg(), "-nostdin", "-loglevel", "error", "-stream_loop", "-1", "-i", str(CLIP),
+                            "-t", "900", "-ac", "1", "-ar", "16000", *options, str(folder / f"source{suffix}")],
+                           check=True)
+        for i in range(files):
+            suffix = (".wav", ".mp3")[i % 2]
+            os.link(folder / f"source{suffix}", folder / "audio" / f"{i:07d}{suffix}")
+        (folder / "done").touch()
+    units = inputs.expand([str(folder / "audio")])
+    sides = {}
+    for name, patch in (("headers (bulkscribe)", contextlib.nullcontext()),
+                        ("ffmpeg probe per file", mock.patch.object(windows, "local_duration", lambda path: None))):
+        started = time.monotonic()
+        with patch:
+            planned = windows.split_long(units, 600.0)
+        sides[name] = time.monotonic() - started
+        assert planned.num_rows == 2 * files, planned.num_rows  # two windows a file on both sides
+    print(f"planning {files:,} long local files (15 min, half WAV, half MP3) into 10-minute windows")
+    for name, seconds in sides.items():
+        print(f"  {name:<24} {seconds:7.2f} s  {seconds / files * 1000:6.2f} ms a file  "
+              f"{seconds / sides['headers (bulkscribe)']:6.1f}x the headers")
+
+
+def _ffmpeg() -> str:
+    from pipeline.audio import ffmpeg_exe
+
+    return ffmpeg_exe()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", default="10000,100000", help="archive sizes, comma-separated")
@@ -441,7 +487,11 @@ def main() -> None:
                                                    "comma-separated (empty: skip)")
     parser.add_argument("--read-s3", default="", help="shards of a finished folder to verify and query on a moto "
                                                       "S3 server, before and after `bulkscribe compact` (empty: skip)")
+    parser.add_argument("--long", default="", help="long local files to plan into windows, comma-separated "
+                                                   "(empty: skip)")
     args = parser.parse_args()
+    for files in [int(n) for n in args.long.split(",") if n]:
+        long_files(files)
     for shards in [int(n) for n in args.read.split(",") if n]:
         read_side(shards)
     for shards in [int(n) for n in args.status.split(",") if n]:
@@ -450,8 +500,10 @@ def main() -> None:
         status_s3(shards)
     for shards in [int(n) for n in args.read_s3.split(",") if n]:
         read_s3(shards)
-    print("time to the first shard (embedded Ray, 10 files per shard)")
-    for files in [int(n) for n in args.files.split(",") if n]:
+    archives = [int(n) for n in args.files.split(",") if n]
+    if archives:
+        print("time to the first shard (embedded Ray, 10 files per shard)")
+    for files in archives:
         first, peak = time_to_first_shard(files)
         print(f"  {files:>9,} files, {files // 10:>7,} shards: first shard started after {first:6.1f} s, "
               f"driver peak RSS {peak:6.0f} MB")

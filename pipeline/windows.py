@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import audio, inputs
-from pipeline.durations import remote_durations
+from pipeline.durations import local_duration, remote_durations
 from pipeline.plan import estimate_audio_s
 
 # A file is split only if it is at least this many windows long.
@@ -37,12 +37,12 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
     """`units` with each long file replaced by its windows (column `split` true).
 
     A file's duration is the manifest's (`duration_s`) where it gives one; otherwise a
-    file whose size says it may be long is measured, several at once: a local one by
-    ffmpeg (it reads the container header), a remote one from its header bytes
-    (`durations`: a ranged read or two, never the whole file; a container it does not
-    know stays whole). The windows of a remote file are decoded from one copy per node
-    (`audio.cached_copy`). The last window of a file never has an end, so a duration
-    that is too short loses nothing.
+    file whose size says it may be long is measured from its header bytes, several at
+    once (`durations`: a read or two, ranged on a remote file, never the whole file). In
+    a container `durations` does not know, a local file is measured by ffmpeg (it reads
+    the header) and a remote one stays whole. The windows of a remote file are decoded
+    from one copy per node (`audio.cached_copy`). The last window of a file never has an
+    end, so a duration that is too short loses nothing.
     """
     if not window_s or units.num_rows == 0:
         return units.append_column("split", pa.array([False] * units.num_rows, pa.bool_()))
@@ -64,9 +64,15 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
     read = remote_durations([rows[i]["uri"] for i in to_read], [rows[i]["size_bytes"] for i in to_read], storage_options)
     for i, duration in zip(to_read, read):
         durations[i] = duration
-    # Each probe is an ffmpeg process that spends most of its ~30 ms starting.
+
+    # From the header where it tells; else an ffmpeg process, which spends most of its
+    # ~30 ms starting.
+    def measure(i: int) -> float | None:
+        found = local_duration(audio.local_path(rows[i]["uri"]))
+        return found if found is not None else audio.probe_duration(rows[i]["uri"], timeout_s)
+
     with ThreadPoolExecutor(PROBES_AT_ONCE) as pool:
-        for i, duration in zip(to_probe, pool.map(lambda i: audio.probe_duration(rows[i]["uri"], timeout_s), to_probe)):
+        for i, duration in zip(to_probe, pool.map(measure, to_probe)):
             durations[i] = duration
     out: list[dict[str, Any]] = []
     for row, duration in zip(rows, durations):

@@ -25,6 +25,8 @@ ENCODINGS = [
     ("speech.opus", ["-c:a", "libopus"]),
     ("moov-last.m4a", ["-c:a", "aac"]),
     ("moov-first.m4a", ["-c:a", "aac", "-movflags", "+faststart"]),
+    ("speech.webm", ["-c:a", "libopus"]),
+    ("speech.mkv", ["-c:a", "flac"]),
 ]
 
 
@@ -33,7 +35,7 @@ def encoded(tmp_path_factory, speech_dir):
     folder = tmp_path_factory.mktemp("encodings")
     source = speech_dir / "misc" / "jfk.flac"
     made = {}
-    for name, options in ENCODINGS + [("speech.webm", ["-c:a", "libopus"])]:
+    for name, options in ENCODINGS + [("speech.aac", ["-c:a", "aac", "-f", "adts"])]:
         target = folder / name
         subprocess.run([audio.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-stream_loop", "3", "-i", str(source),
                         "-ac", "1", "-ar", "16000", *options, str(target)], check=True)
@@ -64,7 +66,7 @@ def test_the_header_tells_the_duration_ffmpeg_finds(encoded, name):
 
 
 def test_an_unknown_container_or_a_false_name_gives_no_duration(encoded, tmp_path):
-    assert _measure(encoded["speech.webm"])[0] is None  # WebM: not read, the file stays whole
+    assert _measure(encoded["speech.aac"])[0] is None  # AAC in ADTS frames: no header tells
     renamed = tmp_path / "not-really.mp3"  # random bytes are not taken for MP3 frames
     renamed.write_bytes(bytes(range(256)) * 2000)
     assert _measure(renamed)[0] is None
@@ -77,7 +79,7 @@ def test_remote_files_are_measured_with_ranged_reads(encoded):
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    names = ["pcm.wav", "vbr.mp3", "speech.ogg", "moov-last.m4a", "speech.webm"]
+    names = ["pcm.wav", "vbr.mp3", "speech.ogg", "moov-last.m4a", "speech.aac"]
     for name in names:
         fs.pipe_file(f"/headers/{name}", encoded[name].read_bytes())
     try:
