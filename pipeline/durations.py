@@ -15,8 +15,8 @@ for a million long files. A few reads of at most `HEAD_BYTES` each tell it inste
 
 Any other container (AAC in ADTS, AIFF, ...) or a header that does not parse gives None:
 a local file is then measured by ffmpeg, a remote one stays whole, as it would without a
-duration. A duration that is too short only
-makes the last window longer (it runs to the end of the file); nothing is lost.
+duration. A duration that is too short only makes the last window longer (it runs to the
+end of the file); nothing is lost.
 
 Web servers (`http://`, `https://`) may ignore a range, so their files are read from the
 start, as a stream, and no further than `STREAM_BYTES`: there Ogg files and MP4 files with
@@ -84,7 +84,7 @@ def _reader(uri: str, storage_options: dict | None) -> Reader:
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if {"http", "https"} & set(protocols):
-        def head_only(start: int, end: int) -> bytes:
+        def from_start(start: int, end: int) -> bytes:
             if end > STREAM_BYTES:
                 raise ValueError(f"a web server's file is read in its first {STREAM_BYTES} bytes only")
             chunks, left = [], end
@@ -93,7 +93,7 @@ def _reader(uri: str, storage_options: dict | None) -> Reader:
                     chunks.append(chunk)
                     left -= len(chunk)
             return b"".join(chunks)[start:]
-        return lambda start, end: retry(lambda: head_only(start, end), f"read the header of {uri}")
+        return lambda start, end: retry(lambda: from_start(start, end), f"read the header of {uri}")
     return lambda start, end: retry(lambda: fs.cat_file(path, start=start, end=end), f"read the header of {uri}")
 
 

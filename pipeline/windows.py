@@ -49,7 +49,7 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
     est_limit = SPLIT_AT_WINDOWS * window_s / 4  # sizes only estimate; measure anything close
     rows = units.to_pylist()
     durations: list[float | None] = [None] * len(rows)
-    to_probe, to_read = [], []
+    local, remote = [], []
     for i, row in enumerate(rows):
         whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
         if not whole:
@@ -58,11 +58,12 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
             durations[i] = row["duration_s"]
         elif estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
             if audio.local_path(row["uri"]) is not None:
-                to_probe.append(i)
+                local.append(i)
             elif row["size_bytes"]:
-                to_read.append(i)
-    read = remote_durations([rows[i]["uri"] for i in to_read], [rows[i]["size_bytes"] for i in to_read], storage_options)
-    for i, duration in zip(to_read, read):
+                remote.append(i)
+    measured = remote_durations([rows[i]["uri"] for i in remote], [rows[i]["size_bytes"] for i in remote],
+                                storage_options)
+    for i, duration in zip(remote, measured):
         durations[i] = duration
 
     # From the header where it tells; else an ffmpeg process, which spends most of its
@@ -72,7 +73,7 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
         return found if found is not None else audio.probe_duration(rows[i]["uri"], timeout_s)
 
     with ThreadPoolExecutor(PROBES_AT_ONCE) as pool:
-        for i, duration in zip(to_probe, pool.map(measure, to_probe)):
+        for i, duration in zip(local, pool.map(measure, local)):
             durations[i] = duration
     out: list[dict[str, Any]] = []
     for row, duration in zip(rows, durations):
