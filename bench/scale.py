@@ -25,11 +25,12 @@ S3 server: `verify` (with and without `--reparse`), the query over the parts,
 requests of each.
 
 With `--long`, planning N long local files into windows: durations read from the
-headers against one ffmpeg probe per file, side by side.
+headers against one ffmpeg probe per file, side by side; with `--long-s3`, N remote
+files planned from their headers on a moto S3 server, with the requests it takes.
 
     python bench/scale.py [--files 10000,100000] [--shards 2000] [--status 10000,100000]
                           [--status-s3 10000] [--read 10000,100000] [--read-s3 10000]
-                          [--long 2000]
+                          [--long 2000] [--long-s3 1000]
 """
 
 from __future__ import annotations
@@ -306,8 +307,9 @@ def read_s3(shards: int) -> None:
 
 
 def _requests(log: Path) -> int:
-    """HTTP requests in moto's log so far (one line each: `"GET /bench?list-type=2 ..." 200`)."""
-    return len(re.findall(r'HTTP/1\.[01]" [2-5]\d\d ', log.read_text(errors="replace")))
+    """HTTP requests in moto's log so far (one line each: `"GET /bench?list-type=2 ..." 200`,
+    the request in colour for some statuses, such as 206 and 404)."""
+    return len(re.findall(r'HTTP/1\.[01](?:\x1b\[[0-9;]*m)?" [2-5]\d\d ', log.read_text(errors="replace")))
 
 
 UNITS_PER_SHARD = 10
@@ -470,6 +472,35 @@ def long_files(files: int) -> None:
               f"{seconds / sides['headers (bulkscribe)']:6.1f}x the headers")
 
 
+def long_files_s3(files: int) -> None:
+    """N remote files that may be long (hard links of a 100 s MP3 at 32 kbit/s, 400 KB),
+    on a moto S3 server: planned into 1-minute windows from their headers, with the time
+    and the HTTP requests it takes (a real store answers each in tens of ms, not one)."""
+    from pipeline import inputs, windows
+
+    folder = WORK / f"long-s3-{files}"
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "audio").mkdir(parents=True)
+        source = folder / "source.mp3"
+        subprocess.run([_ffmpeg(), "-nostdin", "-loglevel", "error", "-stream_loop", "-1", "-i", str(CLIP),
+                        "-t", "100", "-ac", "1", "-ar", "16000", "-c:a", "libmp3lame", "-b:a", "32k", str(source)],
+                       check=True)
+        for i in range(files):
+            os.link(source, folder / "audio" / f"{i:07d}.mp3")
+        (folder / "done").touch()
+    print(f"planning {files:,} remote MP3 files of 100 s into 1-minute windows (moto S3 server)")
+    with moto_s3(folder / "audio", "long") as (endpoint, log, _):
+        options = {"endpoint_url": endpoint}
+        units = inputs.expand(["s3://long/"], options)
+        before, started = _requests(log), time.monotonic()
+        planned = windows.split_long(units, 60.0, storage_options=options)
+        wall, requests = time.monotonic() - started, _requests(log) - before
+    assert planned.num_rows == 2 * files, planned.num_rows  # every file measured and split in two
+    print(f"  headers read      {wall:7.2f} s  {wall / files * 1000:6.2f} ms a file  {requests:>7,} requests "
+          f"({requests / files:.2f} a file)")
+
+
 def _ffmpeg() -> str:
     from pipeline.audio import ffmpeg_exe
 
@@ -489,9 +520,13 @@ def main() -> None:
                                                       "S3 server, before and after `bulkscribe compact` (empty: skip)")
     parser.add_argument("--long", default="", help="long local files to plan into windows, comma-separated "
                                                    "(empty: skip)")
+    parser.add_argument("--long-s3", default="", help="remote files to plan into windows from their headers, on a "
+                                                      "moto S3 server, comma-separated (empty: skip)")
     args = parser.parse_args()
     for files in [int(n) for n in args.long.split(",") if n]:
         long_files(files)
+    for files in [int(n) for n in args.long_s3.split(",") if n]:
+        long_files_s3(files)
     for shards in [int(n) for n in args.read.split(",") if n]:
         read_side(shards)
     for shards in [int(n) for n in args.status.split(",") if n]:
