@@ -112,8 +112,9 @@ class PlanRow:
     est_audio_s: float = _column(pa.float64())
     start_s: float | None = _column(pa.float64())
     end_s: float | None = _column(pa.float64())
-    # The file's duration as a manifest gives it: estimates and window planning take it
-    # instead of probing the file (null: not given).
+    # The file's duration as a manifest gives it, or as its header says for a file whose
+    # size says it may be long (pipeline.windows): estimates take it instead of the size's
+    # guess, and window planning instead of measuring the file (null: neither).
     duration_s: float | None = _column(pa.float64())
     # A window of a long file (pipeline.windows): its seams are moved to silence.
     split: bool = _column(pa.bool_(), False)

@@ -34,7 +34,8 @@ _FRAME_S = 0.02
 
 def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
                storage_options: dict | None = None) -> pa.Table:
-    """`units` with each long file replaced by its windows (column `split` true).
+    """`units` with each long file replaced by its windows (column `split` true), and the
+    duration of each file measured (or given) in `duration_s`.
 
     A file's duration is the manifest's (`duration_s`) where it gives one; otherwise a
     file whose size says it may be long is measured from its header bytes, several at
@@ -77,6 +78,8 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
             durations[i] = duration
     out: list[dict[str, Any]] = []
     for row, duration in zip(rows, durations):
+        if duration is not None:  # balances shards better than the size's guess (plan.estimates)
+            row = {**row, "duration_s": duration}
         if duration is None or duration < SPLIT_AT_WINDOWS * window_s:
             out.append({**row, "split": False})
             continue

@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from pipeline import audio, inputs, windows
+from pipeline import audio, inputs, plan, windows
 from tests.wer import wer
 
 PAUSE_S = 0.7
@@ -74,6 +74,18 @@ def test_local_files_are_measured_from_their_header_and_by_ffmpeg_where_it_does_
     assert probed == [str(aiff)]
     for name in ("reading.wav", "reading.aiff"):
         assert [r["start_s"] for r in rows if r["uri"].endswith(name)] == [60.0 * k for k in range(math.ceil(expected / 60))]
+
+
+def test_a_measured_duration_balances_shards_instead_of_the_size_guess(tmp_path, speech_dir):
+    mp3 = tmp_path / "clip.mp3"  # 80 s at 64 kbit/s: its size alone says 40 s
+    subprocess.run([audio.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-stream_loop", "-1", "-i",
+                    str(speech_dir / "misc" / "jfk.flac"), "-t", "80", "-c:a", "libmp3lame", "-b:a", "64k", str(mp3)],
+                   check=True)
+    units = inputs.expand([str(mp3)])
+    assert plan.estimates(units) == [pytest.approx(40, rel=0.05)]
+    measured = windows.split_long(units, 60.0)
+    assert not measured.column("split")[0].as_py()
+    assert plan.estimates(measured) == [pytest.approx(audio.probe_duration(str(mp3)), abs=0.2)]
 
 
 def test_a_duration_from_the_manifest_plans_windows_without_probing(tmp_path, speech_dir, monkeypatch):
