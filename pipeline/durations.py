@@ -6,6 +6,7 @@ and on a local disk each ffmpeg process costs about 30 ms to start: hours of pla
 for a million long files. A few reads of at most `HEAD_BYTES` each tell it instead:
 
 - WAV and RF64: the data chunk's size over the byte rate of the format chunk;
+- AIFF and AIFF-C: the frame count and sample rate of the COMM chunk;
 - FLAC: the sample count of STREAMINFO;
 - MP3: the frame count of a Xing/Info or VBRI header, else the first frame's bit rate
   over the size of the rest of the file (constant bit rate);
@@ -13,7 +14,7 @@ for a million long files. A few reads of at most `HEAD_BYTES` each tell it inste
 - MP4, M4A, MOV: the movie header (`mvhd`), before the media data or after it;
 - Matroska and WebM: the segment's Duration (ahead of the clusters).
 
-Any other container (AAC in ADTS, AIFF, ...) or a header that does not parse gives None:
+Any other container (AAC in ADTS, ...) or a header that does not parse gives None:
 a local file is then measured by ffmpeg, a remote one stays whole, as it would without a
 duration. A duration that is too short only makes the last window longer (it runs to the
 end of the file); nothing is lost.
@@ -109,6 +110,8 @@ def duration(read: Reader, size: int, name: str = "") -> float | None:
 def _parse(head: bytes, read: Reader, size: int, name: str) -> float | None:
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
         return _wav(head, read, size)
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return _aiff(head, read, size)
     if head[:4] == b"fLaC":
         return _flac(head)
     if head[:4] == b"OggS":
@@ -151,6 +154,25 @@ def _wav(head: bytes, read: Reader, size: int) -> float | None:
     if not byte_rate or data_size is None:
         return None
     return data_size / byte_rate
+
+
+def _aiff(head: bytes, read: Reader, size: int) -> float | None:
+    offset = 12
+    for _ in range(64):  # chunks before COMM: FVER, NAME, ...
+        header = _at(head, read, size, offset, 8)
+        if len(header) < 8:
+            return None
+        kind, length = header[:4], struct.unpack(">I", header[4:])[0]
+        if kind == b"COMM":
+            comm = _at(head, read, size, offset + 8, 18)
+            frames = struct.unpack(">I", comm[2:6])[0]
+            # The sample rate is an 80-bit extended float: sign and exponent, then a
+            # 64-bit mantissa with its integer bit.
+            exponent, mantissa = struct.unpack(">HQ", comm[8:18])
+            rate = mantissa * 2.0 ** ((exponent & 0x7FFF) - 16383 - 63)
+            return frames / rate if rate > 0 and frames else None
+        offset += 8 + length + (length & 1)
+    return None
 
 
 def _flac(head: bytes) -> float | None:

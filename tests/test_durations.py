@@ -15,6 +15,7 @@ ENCODINGS = [
     ("stereo24.wav", ["-ar", "44100", "-ac", "2", "-c:a", "pcm_s24le"]),
     ("big.rf64.wav", ["-rf64", "always", "-c:a", "pcm_s16le"]),
     ("speech.flac", ["-c:a", "flac"]),
+    ("speech.aiff", ["-c:a", "pcm_s16be"]),
     ("cbr.mp3", ["-c:a", "libmp3lame", "-b:a", "64k"]),
     ("vbr.mp3", ["-c:a", "libmp3lame", "-q:a", "5"]),
     ("noxing.mp3", ["-c:a", "libmp3lame", "-b:a", "32k", "-write_xing", "0"]),

@@ -65,14 +65,15 @@ def test_long_local_files_are_planned_as_windows(tmp_path, speech_dir):
 def test_local_files_are_measured_from_their_header_and_by_ffmpeg_where_it_does_not_tell(tmp_path, speech_dir,
                                                                                        monkeypatch):
     target, _ = _reading(tmp_path / "in", speech_dir, 200)
-    aiff = tmp_path / "in" / "reading.aiff"  # a container whose header durations.py does not read
-    subprocess.run([audio.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(target), str(aiff)], check=True)
+    aac = tmp_path / "in" / "reading.aac"  # AAC in ADTS frames: no header that durations.py reads
+    subprocess.run([audio.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(target), "-c:a", "aac", "-b:a",
+                    "128k", "-f", "adts", str(aac)], check=True)
     expected = audio.probe_duration(str(target))
     probe, probed = audio.probe_duration, []
     monkeypatch.setattr(audio, "probe_duration", lambda uri, timeout_s=None: probed.append(uri) or probe(uri, timeout_s))
     rows = windows.split_long(inputs.expand([str(tmp_path / "in")]), 60.0).to_pylist()
-    assert probed == [str(aiff)]
-    for name in ("reading.wav", "reading.aiff"):
+    assert probed == [str(aac)]
+    for name in ("reading.wav", "reading.aac"):
         assert [r["start_s"] for r in rows if r["uri"].endswith(name)] == [60.0 * k for k in range(math.ceil(expected / 60))]
 
 
