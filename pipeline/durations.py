@@ -27,6 +27,7 @@ the movie header at the end stay whole.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import posixpath
 import struct
@@ -46,6 +47,10 @@ READS_AT_ONCE = 32
 # What may be read of a file on a web server, from its start (a tag with cover art before
 # the first MP3 frame is often a few hundred KB).
 STREAM_BYTES = 1 << 20
+
+# The lowest average bit rate believed: 2 kbit/s, below the speech codecs read here (MP3
+# goes down to 8, Opus to 6). A duration that would need less is not believed.
+MIN_BYTES_PER_S = 250
 
 Reader = Callable[[int, int], bytes]  # bytes [start, end) of the file
 
@@ -102,9 +107,16 @@ def duration(read: Reader, size: int, name: str = "") -> float | None:
     """The duration in seconds that the header of the file `name` of `size` bytes declares."""
     head = read(0, min(size, HEAD_BYTES))
     try:
-        return _parse(head, read, size, name)
-    except (struct.error, IndexError, ZeroDivisionError):  # a header cut short or garbled
+        found = _parse(head, read, size, name)
+    except (struct.error, IndexError, ZeroDivisionError, OverflowError):  # a header cut short or garbled
         return None
+    return found if found is not None and plausible(found, size) else None
+
+
+def plausible(seconds: float, size: int | None) -> bool:
+    """Whether a file of `size` bytes can hold `seconds` of audio: a garbled header (or a
+    mistyped manifest row) must not plan a file as a million windows."""
+    return math.isfinite(seconds) and seconds >= 0 and (size is None or seconds * MIN_BYTES_PER_S <= size)
 
 
 def _parse(head: bytes, read: Reader, size: int, name: str) -> float | None:
@@ -129,6 +141,8 @@ def _at(head: bytes, read: Reader, size: int, offset: int, length: int) -> bytes
     """`length` bytes at `offset`, from `head` where it holds them."""
     if offset + length <= len(head):
         return head[offset:offset + length]
+    if offset >= size:  # a chunk or box size that points past the end
+        return b""
     return read(offset, min(size, offset + length))
 
 

@@ -12,6 +12,7 @@ on its own (ffmpeg -ss/-t), so memory does not grow with the file.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import audio, inputs
-from pipeline.durations import local_duration, remote_durations
+from pipeline.durations import MIN_BYTES_PER_S, local_duration, plausible, remote_durations
 from pipeline.plan import estimate_audio_s
+
+logger = logging.getLogger(__name__)
 
 # A file is split only if it is at least this many windows long.
 SPLIT_AT_WINDOWS = 1.5
@@ -50,11 +53,15 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
     est_limit = SPLIT_AT_WINDOWS * window_s / 4  # sizes only estimate; measure anything close
     rows = units.to_pylist()
     durations: list[float | None] = [None] * len(rows)
-    local, remote = [], []
+    local, remote, unbelieved = [], [], []
     for i, row in enumerate(rows):
         whole = (row["start_s"] or 0.0) == 0.0 and row["end_s"] is None
         if not whole:
             continue
+        given = row.get("duration_s")
+        if given is not None and not plausible(given, row["size_bytes"]):
+            unbelieved.append(row["uri"])
+            rows[i] = row = {**row, "duration_s": None}
         if row.get("duration_s") is not None:
             durations[i] = row["duration_s"]
         elif estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
@@ -62,6 +69,9 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
                 local.append(i)
             elif row["size_bytes"]:
                 remote.append(i)
+    if unbelieved:
+        logger.warning("%d file(s) too small for the duration_s the manifest gives (at least %d bytes a second), "
+                       "measured instead, e.g. %s", len(unbelieved), MIN_BYTES_PER_S, unbelieved[0])
     measured = remote_durations([rows[i]["uri"] for i in remote], [rows[i]["size_bytes"] for i in remote],
                                 storage_options)
     for i, duration in zip(remote, measured):
@@ -78,6 +88,8 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
             durations[i] = duration
     out: list[dict[str, Any]] = []
     for row, duration in zip(rows, durations):
+        if duration is not None and not plausible(duration, row["size_bytes"]):
+            duration = None  # what ffmpeg made of a garbled header
         if duration is not None:  # balances shards better than the size's guess (plan.estimates)
             row = {**row, "duration_s": duration}
         if duration is None or duration < SPLIT_AT_WINDOWS * window_s:

@@ -109,3 +109,30 @@ def test_files_on_a_web_server_are_read_from_their_start(encoded):
     finally:
         server.shutdown()
     assert found == pytest.approx([audio.probe_duration(str(encoded[n])) for n in names], abs=0.3)
+
+
+def test_a_header_cut_short_or_garbled_never_raises(encoded):
+    import math
+    import random
+
+    rng = random.Random(7)
+    for name, _ in ENCODINGS:
+        data = encoded[name].read_bytes()
+        variants = [data[:n] for n in (4, 12, 40, 200, 5000)]
+        for _ in range(20):
+            garbled = bytearray(data[:HEAD])
+            for _ in range(8):
+                garbled[rng.randrange(4, len(garbled))] = rng.randrange(256)
+            variants.append(bytes(garbled) + data[HEAD:])
+        for variant in variants:
+            found = durations.duration(lambda start, end: variant[start:end], len(variant), name)
+            assert found is None or (math.isfinite(found) and found >= 0), (name, found)
+
+    # A frame count no file of this size could hold (a damaged Xing header): not believed.
+    data = bytearray(encoded["vbr.mp3"].read_bytes())
+    at = max(data.find(b"Xing"), data.find(b"Info"))
+    data[at + 8:at + 12] = (0xFFFFFF00).to_bytes(4, "big")
+    assert durations.duration(lambda start, end: bytes(data[start:end]), len(data), "vbr.mp3") is None
+
+
+HEAD = 4096

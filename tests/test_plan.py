@@ -29,7 +29,7 @@ def test_shards_close_at_the_target_and_big_files_stand_alone():
 def test_windows_of_several_files_share_shards():
     from pipeline import windows
 
-    units = _units([160_000] * 2, durations=[3000.0, 1500.0])  # as a manifest gives them
+    units = _units([24_000_000, 12_000_000], durations=[3000.0, 1500.0])  # as a manifest gives them
     split = windows.split_long(units, 600.0)  # 5 windows, then 3 (the last 300 s)
     planned = plan.assign_shards(split, 0, shard_audio_s=1800)
     assert planned.column("est_audio_s").to_pylist() == [600.0] * 5 + [600.0, 600.0, 300.0]

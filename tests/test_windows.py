@@ -102,6 +102,12 @@ def test_a_duration_from_the_manifest_plans_windows_without_probing(tmp_path, sp
     assert [(r["start_s"], r["end_s"]) for r in reading] == [(0.0, 60.0), (60.0, 120.0), (120.0, None)]
     # Only the file without a duration could be probed, and jfk.flac is too small for it.
     assert str(target) not in probed
+    # A duration the file is far too small to hold (a typo: 10^9 s) is measured instead,
+    # not planned as 1.7 million windows.
+    manifest.write_text(f"uri,duration_s\n{target},1000000000\n")
+    monkeypatch.undo()
+    rows = windows.split_long(inputs.expand([str(manifest)]), 60.0).to_pylist()
+    assert [r["start_s"] for r in rows] == [0.0, 60.0, 120.0, 180.0]
 
 
 def test_remote_files_are_split_by_the_duration_their_manifest_or_header_gives(tmp_path, speech_dir, monkeypatch):
