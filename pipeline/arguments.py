@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", allow_abbrev=False, help="transcribe inputs into an output folder (resumes what is there)")
     add_run_arguments(run)
 
-    tune = sub.add_parser("tune", allow_abbrev=False, help="measure actors x threads on this node; `run` then uses the best")
+    tune = sub.add_parser("tune", allow_abbrev=False, help="measure actors x threads x batch size on this node; `run` then uses the best")
     tune.add_argument("--model", default=WhisperOptions().model, help="the model to measure with (default tiny.en)")
     tune.add_argument("--audio", default=None, metavar="FOLDER", help="sample audio (default: the clips in tests/data/speech of a source checkout)")
 
@@ -152,6 +152,9 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--actors", type=int, default=None,
                    help="a fixed pool of this many actors (default: the profile's, on an embedded Ray; on a cluster, "
                         "an elastic pool: CPUs / threads, growing as nodes join)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="files (or windows) each actor transcribes at once, their decoder steps batched; "
+                        "changes no transcript (default: this node's `bulkscribe tune` profile, else 8)")
     r.add_argument("--address", default=None,
                    help="run: join this Ray cluster (default: $RAY_ADDRESS, else start one here); "
                         "submit: the cluster's dashboard URL, http://HEAD:8265 (required)")
@@ -190,4 +193,5 @@ def actor_options(args: argparse.Namespace) -> ActorOptions:
     """The resource flags, filled in from this node's tuning profile where not given."""
     from pipeline.ray_session import cluster_address
 
-    return ActorOptions.for_node(args.threads, args.actors, embedded=cluster_address(args.address) is None)
+    return ActorOptions.for_node(args.threads, args.actors, embedded=cluster_address(args.address) is None,
+                                 batch_size=args.batch_size)

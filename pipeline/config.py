@@ -15,6 +15,9 @@ COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
 TASKS = ("transcribe", "translate")
 MIN_WINDOW_S = 60.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# Streams an actor transcribes at once (bench/README.md, "Batching across files").
+DEFAULT_BATCH_SIZE = 8
+MAX_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class ActorOptions:
 
     threads: int = 1
     actors: int | None = None
+    # Streams each actor transcribes at once, their decoder calls made together
+    # (`pipeline.streams`): DEFAULT_BATCH_SIZE unless given or tuned.
+    batch_size: int | None = None
     # On a cluster with neither given: each node's actors take that node's own tuning
     # profile (its threads, at most its actors), and `threads` only where a node has none.
     per_node: bool = False
@@ -94,9 +100,12 @@ class ActorOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
 
     @classmethod
-    def for_node(cls, threads: int | None, actors: int | None, *, embedded: bool) -> "ActorOptions":
+    def for_node(cls, threads: int | None, actors: int | None, *, embedded: bool,
+                 batch_size: int | None = None) -> "ActorOptions":
         """The options asked for, the rest from this node's tuning profile (`bulkscribe
         tune`), else the defaults. The profile's actor count applies only to an embedded
         Ray on this very node with no --threads given; on a cluster with neither given,
@@ -110,10 +119,10 @@ class ActorOptions:
             # This node's profile says nothing of the cluster's nodes: each reads its own.
             log.info("resources: on each node of the cluster, its own tuning profile (`bulkscribe tune` there), "
                      "else one 1-thread actor per CPU; --threads and --actors override it")
-            return cls(threads=1, actors=None, per_node=True)
+            return cls(threads=1, actors=None, per_node=True, batch_size=batch_size)
         profile = load_profile() if threads is None or actors is None else None
         if profile is None:
-            chosen = cls(threads=threads or 1, actors=actors)
+            chosen = cls(threads=threads or 1, actors=actors, batch_size=batch_size)
             log.info("resources: %s, %d thread(s) each (%s)",
                      f"{chosen.actors} actor(s)" if chosen.actors else "one actor per CPU", chosen.threads,
                      "as asked" if threads and actors else
@@ -124,7 +133,7 @@ class ActorOptions:
         threads = threads or profile.threads
         log.info("resources: %s, %d thread(s) each (tuning profile %s; --threads and --actors override it)",
                  f"{actors} actor(s)" if actors else f"one actor per {threads} CPU(s)", threads, profile.source)
-        return cls(threads=threads, actors=actors)
+        return cls(threads=threads, actors=actors, batch_size=batch_size or profile.batch_size)
 
     def actors_for(self, cpus: float) -> int:
         """Actors to start with on a cluster offering `cpus` CPUs now: as asked, else one
@@ -246,6 +255,8 @@ class WorkerConfig:
     # The driver's lease (pipeline.lease): parts are written only while it holds the
     # folder, and every marker records it.
     lease_owner: str | None = None
+    # Streams an actor transcribes at once; changes no transcript.
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def transcribe_budget_s(self, audio_s: float) -> float:
         """Time a unit of `audio_s` seconds may take to transcribe."""

@@ -38,9 +38,19 @@ def estimate_audio_s(uri: str, size_bytes: int | None) -> float:
     return size_bytes / rate
 
 
-def choose_shard_audio_s(total_audio_s: float, actors: int) -> float:
-    """The audio per shard for a collection of `total_audio_s` run by `actors` actors."""
-    target = total_audio_s / max(1, actors * SHARDS_PER_ACTOR)
+def choose_shard_audio_s(total_audio_s: float, actors: int, units: int = 0, batch_size: int = 1) -> float:
+    """The audio per shard for a collection of `total_audio_s` in `units` units run by
+    `actors` actors that each transcribe `batch_size` units of a shard at once.
+
+    About SHARDS_PER_ACTOR shards an actor; but a shard of fewer units than `batch_size`
+    leaves part of its actor's batch empty (a collection of long files would give a file a
+    shard), so shards hold `batch_size` units of the mean length where there is audio
+    enough for one such shard an actor.
+    """
+    actors = max(1, actors)
+    target = total_audio_s / (actors * SHARDS_PER_ACTOR)
+    if units and batch_size > 1:
+        target = max(target, min(batch_size * total_audio_s / units, total_audio_s / actors))
     return min(MAX_SHARD_AUDIO_S, max(MIN_SHARD_AUDIO_S, target))
 
 

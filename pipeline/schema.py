@@ -90,6 +90,8 @@ class FileRow:
     language_probability: float | None = _column(pa.float32())
     segments: int = _column(pa.int32(), 0)
     decode_s: float | None = _column(pa.float64())
+    # Wall seconds from the unit's first window to its last, shared with the units its
+    # actor transcribed at the same time (pipeline.streams).
     transcribe_s: float | None = _column(pa.float64())
     rtfx: float | None = _column(pa.float64())
     node: str | None = _column(pa.string())

@@ -1,27 +1,34 @@
 """The one module that imports faster_whisper: audio in, plain segment dataclasses out.
 
-Everything else talks to `Transcriber.transcribe(audio) -> Transcript`, so the
-orchestration can be tested with a fake and the engine swapped later.
+Everything else talks to `Transcriber.transcribe(audio) -> Transcript` or
+`Transcriber.transcribe_many(streams, width)`, so the orchestration can be tested with a
+fake and the engine swapped later.
 
-Each input is decoded alone by faster-whisper's own long-form loop (checked against
+Each input is decoded by faster-whisper's own long-form loop (checked against
 faster-whisper 1.2.1): 30 s windows of that input only, each next window starting
 where the last decoded timestamp ends, with Whisper's temperature fallback. So a
 file's transcript holds only text decoded from its own audio, and it does not depend
-on the files transcribed before or after it.
+on the files transcribed before or after it. `transcribe_many` runs several such loops
+at once and makes their decoder calls together, one row a stream (`pipeline.streams`):
+CTranslate2 computes each row of a batch as it computes it alone, bit for bit, when no
+row is padded (bench/batching.py; tests/test_streams.py), so batching changes no text.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from pipeline.config import WhisperOptions
+from pipeline.streams import Call, Lockstep, NeedsFallback, Stream, run_streams
 
 SAMPLE_RATE = 16_000
 # Whisper's window.
@@ -142,14 +149,48 @@ class Transcriber:
             first = self._decode(self._model, audio, temperatures[:1], deadline)
             if len(temperatures) == 1 or not any(_needs_fallback(s) for s in first.segments):
                 return first
+        return self._resample(audio, deadline)
+
+    def transcribe_many(self, streams: Iterable[Stream], width: int) -> Iterator[tuple[Stream, Transcript | Exception]]:
+        """Transcribe `streams`, up to `width` at once, sharing the decoder's calls.
+
+        Each stream is decoded by faster-whisper's own loop as `transcribe` decodes it,
+        with its own windows and prompts: only the decoder's calls are shared, one row a
+        stream, and only between calls whose prompts have the same length, so that no
+        row is padded (`_run_round`). Yields (stream, transcript or the exception that
+        ended it: UnitTimeout, a decoding error) as each stream ends.
+        """
+        temperatures = self.options.temperature
+        # One stream at a time computes its log-mel features (a 10-minute unit's STFT
+        # briefly takes about 100 MB): the others wait for their round anyway.
+        features = _OneAtATime(self._model.feature_extractor)
+
+        def first_pass(stream: Stream, deadline: float, lockstep: Lockstep, order: int) -> Transcript:
+            if temperatures[0] != 0:
+                raise NeedsFallback
+            view = copy.copy(self._model)
+            view.model = _SharedDecoder(self._model.model, lockstep, order)
+            view.feature_extractor = features
+            return self._decode(view, stream.samples, temperatures[:1], deadline, stop_at_fallback=len(temperatures) > 1)
+
+        def alone(stream: Stream, deadline: float) -> Transcript:
+            return self._resample(stream.samples, deadline)
+
+        def run_round(calls: list[Call]) -> None:
+            _run_round(self._model.model, calls)
+
+        yield from run_streams(streams, width, first_pass=first_pass, alone=alone, run_round=run_round)
+
+    def _resample(self, audio: np.ndarray, deadline: float | None) -> Transcript:
         import ctranslate2
 
         ctranslate2.set_random_seed(SAMPLING_SEED)
         sampler = _load(self._path, self.options.compute_type, self._threads)
         self.resampled += 1
-        return self._decode(sampler, audio, temperatures, deadline)
+        return self._decode(sampler, audio, self.options.temperature, deadline)
 
-    def _decode(self, model, audio: np.ndarray, temperatures: tuple[float, ...], deadline: float | None) -> Transcript:
+    def _decode(self, model, audio: np.ndarray, temperatures: tuple[float, ...], deadline: float | None,
+                stop_at_fallback: bool = False) -> Transcript:
         options = self.options
         segments, info = model.transcribe(
             audio,
@@ -169,12 +210,82 @@ class Transcriber:
         for s in segments:
             _check_deadline(deadline, f"stopped after {s.end:.0f}s of {info.duration:.0f}s of audio")
             rows.append(_segment(s))
+            if stop_at_fallback and _needs_fallback(rows[-1]):
+                segments.close()
+                raise NeedsFallback
         return Transcript(
             segments=_within(rows, float(info.duration)),
             language=info.language,
             language_probability=float(info.language_probability),
             duration_s=float(info.duration),
         )
+
+
+class _OneAtATime:
+    """faster-whisper's feature extractor, called by one thread at a time."""
+
+    def __init__(self, extractor):
+        self._extractor = extractor
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._extractor(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._extractor, name)
+
+
+class _SharedDecoder:
+    """A stream's view of the CTranslate2 model: its `generate` calls wait for their round
+    (`pipeline.streams.Lockstep`); everything else goes to the model at once. Checked
+    against faster-whisper 1.2.1, whose loop calls `generate` with one prompt."""
+
+    def __init__(self, model, lockstep: Lockstep, order: int):
+        self._model = model
+        self._lockstep = lockstep
+        self._order = order
+
+    def generate(self, encoder_output, prompts: list[list[int]], **options):
+        if len(prompts) != 1:
+            raise ValueError(f"a stream decodes one window a call, got {len(prompts)} prompts")
+        prompt = list(prompts[0])
+        key = (len(prompt), tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())))
+        return [self._lockstep.call(Call(self._order, key, (encoder_output, prompt, options)))]
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+def _run_round(model, calls: list[Call]) -> None:
+    """Make a round's decoder calls: one batched `generate` for each group of calls with
+    the same options and prompts of the same length (CTranslate2 wants
+    <|startoftranscript|> at one position in every row, and a padded row would be
+    computed differently). A call that fails in a batch is made again alone, so an error
+    belongs to the stream that caused it."""
+    import ctranslate2
+
+    groups: dict = {}
+    for c in calls:
+        groups.setdefault(c.key, []).append(c)
+    for group in groups.values():
+        options = group[0].args[2]
+        try:
+            if len(group) == 1:
+                encoded = group[0].args[0]
+            else:
+                encoded = ctranslate2.StorageView.from_array(np.concatenate([np.asarray(c.args[0]) for c in group]))
+            for c, result in zip(group, model.generate(encoded, [c.args[1] for c in group], **options)):
+                c.result = result
+        except (RuntimeError, ValueError) as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                continue
+            for c in group:
+                try:
+                    c.result = model.generate(c.args[0], [c.args[1]], **options)[0]
+                except (RuntimeError, ValueError) as alone_exc:
+                    c.error = alone_exc
 
 
 def _needs_fallback(s: "Segment") -> bool:

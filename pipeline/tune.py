@@ -1,4 +1,4 @@
-"""`bulkscribe tune`: measure actors x threads on this node; keep the best.
+"""`bulkscribe tune`: measure actors x threads x batch size on this node; keep the best.
 
 Every candidate runs real transcription of the bundled sample audio in as many worker
 processes as it has actors, all at once, the way a Ray node runs its actors. The
@@ -38,15 +38,23 @@ SAMPLE_AUDIO_S = 150.0
 SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech"
 
 
+# Streams per actor measured with each threads x actors split (`pipeline.streams`).
+BATCH_SIZES = (1, 4, 8)
+# What a profile's "best" holds.
+BEST_KEYS = ("threads", "actors", "batch_size")
+
+
 @dataclass(frozen=True)
 class Profile:
     threads: int
     actors: int
+    # None in a profile measured before batching existed: the default then applies.
+    batch_size: int | None = None
     # Where the profile came from, for the run's first lines.
     source: str = field(default="", compare=False)
 
-    def as_dict(self) -> dict[str, int]:
-        return {"threads": self.threads, "actors": self.actors}
+    def as_dict(self) -> dict[str, int | None]:
+        return {"threads": self.threads, "actors": self.actors, "batch_size": self.batch_size}
 
 
 def node_shape() -> dict[str, Any]:
@@ -86,7 +94,9 @@ def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
     path = profile_path(shape)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        batch = data["best"].get("batch_size")
         return Profile(threads=int(data["best"]["threads"]), actors=int(data["best"]["actors"]),
+                       batch_size=None if batch is None else int(batch),
                        source=f"{path}, measured {data.get('measured_at', '?')}")
     except FileNotFoundError:
         return None
@@ -96,9 +106,10 @@ def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
 
 
 def candidates(cpus: int) -> list[Profile]:
-    """Threads per actor 1, 2, 4... up to the node's CPUs (actors fill the node)."""
+    """Threads per actor 1, 2, 4... up to the node's CPUs (actors fill the node), each with
+    every batch size of BATCH_SIZES."""
     threads = [2**i for i in range(cpus.bit_length()) if 2**i <= cpus]
-    return [Profile(t, cpus // t) for t in threads]
+    return [Profile(t, cpus // t, b) for t in threads for b in BATCH_SIZES]
 
 
 def sample_clips(folder: Path, audio_s: float = SAMPLE_AUDIO_S) -> list[str]:
@@ -118,6 +129,7 @@ def sample_clips(folder: Path, audio_s: float = SAMPLE_AUDIO_S) -> list[str]:
 def _worker(model_path: str, whisper: dict, candidate: dict, clips: list[str], start, results) -> None:
     from pipeline import audio
     from pipeline.config import WhisperOptions
+    from pipeline.streams import Stream
     from pipeline.transcriber import Transcriber
 
     options = WhisperOptions(**{**whisper, "temperature": tuple(whisper["temperature"])})
@@ -125,10 +137,11 @@ def _worker(model_path: str, whisper: dict, candidate: dict, clips: list[str], s
     samples = [audio.decode(c).samples for c in clips]
     start.wait()
     started = time.perf_counter()
-    transcripts = [transcriber.transcribe(s) for s in samples]
+    streams = (Stream(i, s, budget_s=3600.0) for i, s in enumerate(samples))
+    audio_s = sum(s.duration_s for s, _ in transcriber.transcribe_many(streams, candidate["batch_size"]))
     elapsed = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results.put((elapsed, sum(t.duration_s for t in transcripts), peak_mb))
+    results.put((elapsed, audio_s, peak_mb))
 
 
 def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> dict[str, Any]:
@@ -176,8 +189,8 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
     for _ in range(ROUNDS):  # interleaved, so that a busy spell hits every candidate
         for candidate, found in runs.items():
             found.append(measure(candidate, resolved.path, whisper, clips))
-            logger.info("%d actor(s) x %d thread(s): %.1fx real time",
-                        candidate.actors, candidate.threads, found[-1]["rtfx"])
+            logger.info("%d actor(s) x %d thread(s), %d stream(s) each: %.1fx real time",
+                        candidate.actors, candidate.threads, candidate.batch_size, found[-1]["rtfx"])
     results = []
     for found in runs.values():
         speeds = [r["rtfx"] for r in found]
@@ -187,7 +200,7 @@ def tune(model: str = "tiny.en", folder: Path | None = None, whisper=None) -> di
     profile = {
         "shape": shape,
         "key": shape_key(shape),
-        "best": {k: best[k] for k in ("threads", "actors")},
+        "best": {k: best[k] for k in BEST_KEYS},
         "model": whisper.model,
         "beam_size": whisper.beam_size,
         "sample": {"folder": str(folder), "files": len(clips)},
@@ -220,11 +233,11 @@ def noise_warning(results: list[dict[str, Any]]) -> str | None:
 def format_profile(profile: dict[str, Any]) -> str:
     lines = [f"node: {profile['shape']['cpu_model']}, {profile['shape']['cpus']} CPUs, "
              f"{profile['shape']['memory_gib']} GiB ({profile['model']}, beam {profile.get('beam_size')})",
-             f"{'actors':>6} {'threads':>7} {'x real time':>12} {'MB per actor':>13}"]
+             f"{'actors':>6} {'threads':>7} {'batch':>5} {'x real time':>12} {'MB per actor':>13}"]
     best = profile["best"]
     for r in profile["measurements"]:
         mark = "  <- best" if all(r[k] == best[k] for k in best) else ""
-        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r['rtfx']:>12.1f}"
+        lines.append(f"{r['actors']:>6} {r['threads']:>7} {r.get('batch_size') or '-':>5} {r['rtfx']:>12.1f}"
                      f" {r.get('peak_rss_mb_per_actor', 0):>13.0f}{mark}")
     lines.append(f"measured in {profile['tune_s']:.0f} s; profile: {profile.get('path', '')}")
     if profile.get("warning"):

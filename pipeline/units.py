@@ -1,4 +1,4 @@
-"""A shard's units, decoded ahead and transcribed one by one into rows.
+"""A shard's units, decoded ahead and transcribed several at once into rows.
 
 For every unit (a file, or a window of a long file) this yields its `files` row and its
 `segments` rows (`pipeline.schema`). Every failure that belongs to one file (missing,
@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from pipeline import audio, quality, windows
 from pipeline.config import WorkerConfig
 from pipeline.schema import FileRow, PlanRow, SegmentRow
+from pipeline.streams import Stream
 from pipeline.transcriber import Transcriber, Transcript, UnitTimeout
 
 logger = logging.getLogger(__name__)
@@ -37,18 +38,30 @@ def transcribe_units(
     attempt: int,
     node: str,
 ) -> Iterator[Rows]:
-    """Decode and transcribe `units`, in order: for each, its `files` row and segment rows.
+    """Decode and transcribe `units`: for each, its `files` row and segment rows, in the
+    order they end.
 
-    One thread decodes ahead (ffmpeg runs in its own process) while this one transcribes,
-    so the CPU does not wait for decoding. Each unit is transcribed alone, so what was
-    decoded ahead never changes a transcript.
+    One thread decodes ahead (ffmpeg runs in its own process) while `config.batch_size`
+    units are transcribed at once, each as a stream of its own that shares only the
+    model's decoder calls (`Transcriber.transcribe_many`), so neither what was decoded
+    ahead nor what is transcribed beside a unit changes its transcript.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkscribe-decode") as pool:
+    finished: deque[Rows] = deque()  # units whose row was final before transcription
+
+    def streams() -> Iterator[Stream]:
         for unit, row, decoded in _decode_ahead(units, config, attempt, node, pool):
             if decoded is None:
-                yield row, []
+                finished.append((row, []))
             else:
-                yield _transcribe(unit, row, decoded, transcriber, config)
+                yield Stream((unit, row, decoded), decoded.samples, config.transcribe_budget_s(decoded.duration_s))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkscribe-decode") as pool:
+        for stream, outcome in transcriber.transcribe_many(streams(), config.batch_size):
+            while finished:
+                yield finished.popleft()
+            yield _rows(stream, outcome, transcriber, config)
+        while finished:
+            yield finished.popleft()
 
 
 def _decode_ahead(units: list[PlanRow], config: WorkerConfig, attempt: int, node: str,
@@ -119,22 +132,22 @@ def decode_window(
     return unit, row, decoded
 
 
-def _transcribe(unit: PlanRow, row: FileRow, decoded: audio.Decoded, transcriber: Transcriber,
-                config: WorkerConfig) -> Rows:
-    started = time.perf_counter()
-    budget_s = config.transcribe_budget_s(decoded.duration_s)
-    try:
-        transcript = transcriber.transcribe(decoded.samples, deadline=time.monotonic() + budget_s)
-    except UnitTimeout as exc:
-        row.transcribe_s = time.perf_counter() - started
-        return _failed(row, "timeout", f"{exc} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)", started), []
-    except (RuntimeError, ValueError) as exc:
+def _rows(stream: Stream, outcome: Transcript | Exception, transcriber: Transcriber, config: WorkerConfig) -> Rows:
+    """The rows of a transcribed unit. `transcribe_s` is its wall time as one of the
+    streams transcribed at once."""
+    unit, row, decoded = stream.tag
+    row.transcribe_s = stream.ended - stream.started
+    if isinstance(outcome, UnitTimeout):
+        budget_s = stream.budget_s
+        return _failed(row, "timeout", f"{outcome} ({budget_s:.0f}s for {decoded.duration_s:.0f}s of audio)"), []
+    if isinstance(outcome, (RuntimeError, ValueError)):
         # What CTranslate2 and faster-whisper raise for an input they reject (bad
-        # samples, a sequence the model cannot take); other exceptions are bugs and raise.
-        logger.exception("transcription of %s failed", unit.uri)
-        row.transcribe_s = time.perf_counter() - started
-        return _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}", started), []
-    row.transcribe_s = time.perf_counter() - started
+        # samples, a sequence the model cannot take).
+        logger.error("transcription of %s failed: %s: %s", unit.uri, type(outcome).__name__, outcome)
+        return _failed(row, "transcribe_error", f"{type(outcome).__name__}: {outcome}"), []
+    if isinstance(outcome, Exception):
+        raise outcome  # anything else is a bug
+    transcript = outcome
     languages = (lambda: transcriber.languages(decoded.samples)) if transcriber.checks_language else None
     return transcript_rows(row, transcript, config, languages=languages)
 
@@ -176,10 +189,10 @@ def transcript_rows(row: FileRow, transcript: Transcript, config: WorkerConfig, 
     return _finish(row, "ok"), segment_rows
 
 
-def _failed(row: FileRow, error_type: str, message: str, started: float) -> FileRow:
+def _failed(row: FileRow, error_type: str, message: str, started: float | None = None) -> FileRow:
     row.error_type = error_type
     row.error_message = message
-    if row.decode_s is None:
+    if row.decode_s is None and started is not None:
         row.decode_s = time.perf_counter() - started
     return _finish(row, "failed")
 

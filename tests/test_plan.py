@@ -52,6 +52,11 @@ def test_shard_size_scales_with_collection_and_actors():
     assert plan.choose_shard_audio_s(400, 2) == plan.MIN_SHARD_AUDIO_S
     assert plan.choose_shard_audio_s(36_000_000, 100) == plan.MAX_SHARD_AUDIO_S
     assert plan.choose_shard_audio_s(24_000, 2) == 3000
+    # Long files: a shard holds a batch of them, while every actor still has a shard.
+    assert plan.choose_shard_audio_s(3600, 2, units=8, batch_size=8) == 1800
+    assert plan.choose_shard_audio_s(3600 * 4, 2, units=32, batch_size=8) == 3600
+    # Short clips: shards hold many more than a batch anyway.
+    assert plan.choose_shard_audio_s(1600, 2, units=200, batch_size=8) == 200
 
 
 def _longest_first_makespan(shard_seconds, actors):

@@ -12,7 +12,8 @@ from pipeline.arguments import actor_options, build_parser
 
 
 def test_candidates_fill_the_node():
-    assert [(c.actors, c.threads) for c in tune.candidates(2)] == [(2, 1), (1, 2)]
+    assert [(c.actors, c.threads, c.batch_size) for c in tune.candidates(2)] == [
+        (2, 1, b) for b in tune.BATCH_SIZES] + [(1, 2, b) for b in tune.BATCH_SIZES]
     assert {(c.actors, c.threads) for c in tune.candidates(8)} == {(8, 1), (4, 2), (2, 4), (1, 8)}
 
 
@@ -37,7 +38,7 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
     profile = tune.tune("tiny.en", sample)
     assert len(profile["measurements"]) == len(tune.candidates(tune.node_shape()["cpus"]))
     best = max(profile["measurements"], key=lambda r: r["rtfx"])
-    assert profile["best"] == {k: best[k] for k in ("threads", "actors")}
+    assert profile["best"] == {k: best[k] for k in ("threads", "actors", "batch_size")}
     assert all(r["rtfx"] > 1 and abs(r["audio_s"] - r["actors"] * 24.36) < 0.5 for r in profile["measurements"])
     saved = json.loads(tune.profile_path().read_text())
     assert saved["best"] == profile["best"] and saved["shape"] == tune.node_shape()
@@ -48,7 +49,7 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
         chosen = actor_options(parse(["run", "in", "-o", "out"]))
     assert f"tuning profile {tune.profile_path()}" in caplog.text  # every run says which profile applies
     assert all(len(r["rtfx_runs"]) == tune.ROUNDS for r in profile["measurements"])
-    assert (chosen.threads, chosen.actors) == (best["threads"], best["actors"])
+    assert (chosen.threads, chosen.actors, chosen.batch_size) == (best["threads"], best["actors"], best["batch_size"])
     forced = actor_options(parse(["run", "in", "-o", "out", "--threads", "2"]))
     assert forced.threads == 2 and forced.actors is None
     # A cluster: each node's actors take that node's own profile (this one's says nothing
