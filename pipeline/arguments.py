@@ -144,6 +144,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_resource_arguments(p)
 
 
+def command_options(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, frozenset[str]]]:
+    """Each command's parser and option strings. argparse lists neither publicly: this
+    reads its `_subparsers` and `_option_string_actions` (checked on Python 3.10-3.13;
+    tests/test_cli.py fails if they change)."""
+    found = {}
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            found[name] = (sub, frozenset(sub._option_string_actions))
+    return found
+
+
 def add_resource_arguments(p: argparse.ArgumentParser) -> None:
     """Where and how fast to run; they change no transcript. Shared by run and retry-failed."""
     r = p.add_argument_group("resources")

@@ -232,6 +232,31 @@ def _ffmpeg_source(path: str) -> str | bytes:
     return source
 
 
+# The first bytes of the containers whose names promise them (offset, accepted bytes).
+_MAGIC = {
+    ".wav": (0, (b"RIFF", b"RF64", b"RIFX")), ".flac": (0, (b"fLaC",)), ".ogg": (0, (b"OggS",)),
+    ".opus": (0, (b"OggS",)), ".aif": (0, (b"FORM",)), ".aiff": (0, (b"FORM",)), ".m4a": (4, (b"ftyp",)),
+    ".mp4": (4, (b"ftyp",)), ".webm": (0, (b"\x1a\x45\xdf\xa3",)), ".mkv": (0, (b"\x1a\x45\xdf\xa3",)),
+}
+
+
+def _not_what_its_name_says(path: str) -> str | None:
+    """'not a WAV file ...' when `path`'s extension names a container whose header its
+    first bytes lack; else None."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _MAGIC:
+        return None
+    offset, accepted = _MAGIC[suffix]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(offset + 4)[offset:]
+    except OSError:
+        return None
+    if head in accepted:
+        return None
+    return f"not a {suffix[1:].upper()} file: it does not start with a {suffix[1:].upper()} header"
+
+
 def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float | None) -> Decoded:
     import ffmpeg
 
@@ -261,6 +286,10 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float
     if process.returncode != 0:
         message = "\n".join(errors) or stderr.strip() or f"exit code {process.returncode}"
         error_type = "no_audio_stream" if "does not contain any stream" in stderr else "decode_error"
+        if (named := _not_what_its_name_says(path)) is not None:
+            # ffmpeg then guesses a format from the bytes and names that one's failure
+            # ("Failed to find two consecutive MPEG audio frames." for a .wav).
+            message = f"{named}; ffmpeg: {message}"
         raise DecodeError(error_type, f"ffmpeg failed: {message[-_STDERR_CHARS:]}")
     samples = np.frombuffer(out, dtype=np.int16).astype(np.float32)
     samples /= 32768.0  # in place: one float copy of a 3-hour file, not two

@@ -23,7 +23,21 @@ def run_command(args: argparse.Namespace) -> int:
 
     summary = run(spec_from_args(args))
     print(format_summary(summary, this_run=True))
-    return 0 if summary.complete else 1
+    return exit_code(summary)
+
+
+# Exit codes of run and retry-failed (README, "Exit codes").
+EXIT_COMPLETE = 0
+EXIT_INCOMPLETE = 1
+EXIT_FILES_FAILED = 3
+
+
+def exit_code(summary) -> int:
+    """0: every unit committed and none failed; 3: every unit committed, some failed
+    (`retry-failed` may fix them); 1: shards still to run."""
+    if not summary.complete:
+        return EXIT_INCOMPLETE
+    return EXIT_FILES_FAILED if summary.failed else EXIT_COMPLETE
 
 
 def _forwarded_run_args(argv: list[str]) -> list[str]:
@@ -132,7 +146,7 @@ def retry_failed_command(args: argparse.Namespace) -> int:
     summary = retry_failed(args.output, storage_options=dict(args.storage_option), actors=actor_options(args),
                            address=args.address, progress=args.progress, unit_timeout_s=args.unit_timeout)
     print(format_summary(summary, this_run=True))
-    return 0
+    return exit_code(summary)
 
 
 def compact_command(args: argparse.Namespace) -> int:
@@ -227,9 +241,12 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run its command, and turn the errors a user can fix into one line
     (exit 2); a run stopped by another run's takeover, or by actors that cannot start or
-    keep dying with one shard, exits 1; Ctrl-C 130."""
+    keep dying with one shard, exits 1; a run or retry that committed everything with
+    failed files 3 (`exit_code`); Ctrl-C 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _refuse_unknown_options(parser, argv)
+    args = parser.parse_args(argv)
     args.argv = argv
     setup_logging(args.verbose)
     from pipeline.inputs import InputError
@@ -239,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.submit import SubmitError
 
     try:
+        _refuse_files_as_folders(args)
         return COMMANDS[args.command](args)
     except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, FileNotFoundError, ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
@@ -255,6 +273,36 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return interrupted(args, argv)
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped option of a command is named with the command's usage and the nearest
+    option, before argparse would complain of something else (a required option it
+    hides) or with the top-level usage."""
+    import difflib
+
+    from pipeline.arguments import command_options
+
+    commands = command_options(parser)
+    at = next((i for i, a in enumerate(argv) if a in commands), None)
+    if at is None:
+        return
+    sub, known = commands[argv[at]]
+    for arg in argv[at + 1:]:
+        if arg == "--":
+            return
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in known:
+            near = difflib.get_close_matches(name, sorted(o for o in known if o.startswith("--")), n=1)
+            sub.error(f"unrecognized option {name}" + (f"; did you mean {near[0]}?" if near else ""))
+
+
+def _refuse_files_as_folders(args: argparse.Namespace) -> None:
+    """An output folder (or export's --to folder) that is an existing regular file."""
+    for what, path in (("output folder", getattr(args, "output", None)),
+                       ("export folder (--to)", args.to if args.command == "export" else None)):
+        if path and "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is a file, not an {what}")
 
 
 def interrupted(args: argparse.Namespace, argv: list[str]) -> int:

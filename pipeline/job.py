@@ -116,7 +116,9 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         # about to get a new one, which the index must not hide.
         lease.check()
         store.unindex(pending)
-        config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
+        # The note on a missing language model: once per folder, on its first run.
+        config = _worker_config(spec, model.sha256, job.fingerprint,
+                                language_check_model(spec, model, say_why=not committed), lease)
         session = ray_runtime.session()
         results = _execute(planned, pending, config, spec.actors, session, spec.progress,
                            joins=joins_cluster(spec), lease=lease)
@@ -204,24 +206,32 @@ def retry_failed(
             store.unindex(shards)
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
-            config = _worker_config(spec, model.sha256, job.fingerprint, language_check_model(spec, model), lease)
+            config = _worker_config(spec, model.sha256, job.fingerprint,
+                                    language_check_model(spec, model, say_why=False), lease)
             with ray_session(spec) as session:
                 results = _execute(store.read_plan(), shards, config, actors, session, progress,
                                    joins=joins_cluster(spec), mode="retry", lease=lease)
-            return _finish_run(store, started, results, len(shards), 0, lease, session.logs)
-        logger.info("no failed units to retry")
-        return _finish_run(store, started, results, 0, 0, lease)
+            summary = _finish_run(store, started, results, len(shards), 0, lease, session.logs)
+        else:
+            logger.info("no failed units to retry")
+            summary = _finish_run(store, started, results, 0, 0, lease)
+        summary.retried = sum(m.count("failed") for m in markers if m.shard in shards)
+        return summary
 
 
-def language_check_model(spec: JobSpec, model: models.ResolvedModel) -> str | None:
+def language_check_model(spec: JobSpec, model: models.ResolvedModel, *, say_why: bool = True) -> str | None:
     """The model that names the language of doubtful transcripts, if this job needs one
-    (an English-only model) and it is installed; else None, said once here."""
+    (an English-only model) and it is installed; else None, and why (with the install
+    command) when `say_why`, else in one line at debug level."""
     if spec.language_check is None or models.is_multilingual(model.path) is not False:
         return None
     try:
         models.resolve(spec.language_check)
     except models.ModelError as exc:
-        logger.info("files in other languages will not be flagged language_mismatch: %s", exc)
+        if say_why:
+            logger.info("files in other languages will not be flagged language_mismatch: %s", exc)
+        else:
+            logger.debug("no language check: %s is not installed", spec.language_check)
         return None
     return spec.language_check
 

