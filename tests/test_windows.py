@@ -160,14 +160,15 @@ def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, 
     results = {}
     for name, window_s in (("whole", None), ("windows", 60.0)):
         out = tmp_path / name
-        run(JobSpec(inputs=(str(target),), output=str(out), progress=False, window_s=window_s))
+        # Shards of a minute (the smallest): a window each, so that a lost shard is one window.
+        run(JobSpec(inputs=(str(target),), output=str(out), progress=False, window_s=window_s, shard_audio_s=60.0))
         assert verify(OutputStore(str(out))).ok
         text = duckdb.sql(f"select string_agg(text, ' ' order by start) from '{out}/segments/*.parquet'").fetchall()[0][0]
         results[name] = (out, text)
     out, text = results["windows"]
     files = duckdb.sql(f"select shard, start_s, end_s, status from '{out}/files/*.parquet' order by start_s").fetchall()
     assert len(files) >= 4 and all(status == "ok" for *_, status in files)
-    assert len({shard for shard, *_ in files}) == len(files)  # shards of a minute (the smallest): a window each
+    assert len({shard for shard, *_ in files}) == len(files)  # a window a shard
     assert files[0][1] == 0.0 and files[-1][2] is None
     for (_, _, end, _), (_, start, _, _) in zip(files, files[1:]):
         assert end == start and start % 60 != 0  # contiguous, and moved off the nominal boundary into a pause
@@ -181,7 +182,7 @@ def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, 
     shard = files[1][0]
     os.remove(out / "_commits" / f"{shard:06d}.json")
     monkeypatch.setattr(audio, "probe_duration", lambda *a, **k: pytest.fail("a planned file was probed again"))
-    summary = run(JobSpec(inputs=(str(target),), output=str(out), progress=False, window_s=60.0))
+    summary = run(JobSpec(inputs=(str(target),), output=str(out), progress=False, window_s=60.0, shard_audio_s=60.0))
     assert (summary.shards_ran, summary.shards_skipped) == (1, len(files) - 1)
     again = duckdb.sql(f"select string_agg(text, ' ' order by start) from '{out}/segments/*.parquet'").fetchall()[0][0]
     assert again == text
