@@ -1,7 +1,7 @@
 """bulkscribe: transcribe large audio collections with faster-whisper on Ray into resumable Parquet.
 
 Data flow, one module each: inputs → plan (→ windows) → dispatch → actor → units (audio
-decode → transcriber → rows of schema) → commit (parts, then marker, through store) →
+decode → transcriber, several units at once through streams → rows of schema) → commit (parts, then marker, through store) →
 report, query, search, export, verify. `job` orchestrates (`pipeline.run` calls it); `ray_session` starts or joins Ray.
 
 `import pipeline` is light (no pyarrow, no Ray); the names below load on first use.
