@@ -232,27 +232,27 @@ def _ffmpeg_source(path: str) -> str | bytes:
     return source
 
 
-# The first bytes of the containers whose names promise them (offset, accepted bytes).
-_MAGIC = {
-    ".wav": (0, (b"RIFF", b"RF64", b"RIFX")), ".flac": (0, (b"fLaC",)), ".ogg": (0, (b"OggS",)),
-    ".opus": (0, (b"OggS",)), ".aif": (0, (b"FORM",)), ".aiff": (0, (b"FORM",)), ".m4a": (4, (b"ftyp",)),
-    ".mp4": (4, (b"ftyp",)), ".webm": (0, (b"\x1a\x45\xdf\xa3",)), ".mkv": (0, (b"\x1a\x45\xdf\xa3",)),
+# The containers (`durations.container`) that an extension promises.
+_PROMISED = {
+    ".wav": ("wav", "rifx"), ".flac": ("flac",), ".ogg": ("ogg",), ".opus": ("ogg",), ".aif": ("aiff",),
+    ".aiff": ("aiff",), ".m4a": ("mp4",), ".mp4": ("mp4",), ".webm": ("matroska",), ".mkv": ("matroska",),
 }
 
 
 def _not_what_its_name_says(path: str) -> str | None:
     """'not a WAV file ...' when `path`'s extension names a container whose header its
     first bytes lack; else None."""
+    from pipeline.durations import container
+
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in _MAGIC:
+    if suffix not in _PROMISED:
         return None
-    offset, accepted = _MAGIC[suffix]
     try:
         with open(path, "rb") as f:
-            head = f.read(offset + 4)[offset:]
+            head = f.read(12)
     except OSError:
         return None
-    if head in accepted:
+    if container(head) in _PROMISED[suffix]:
         return None
     return f"not a {suffix[1:].upper()} file: it does not start with a {suffix[1:].upper()} header"
 

@@ -119,18 +119,40 @@ def plausible(seconds: float, size: int | None) -> bool:
     return math.isfinite(seconds) and seconds >= 0 and (size is None or seconds * MIN_BYTES_PER_S <= size)
 
 
-def _parse(head: bytes, read: Reader, size: int, name: str) -> float | None:
+def container(head: bytes) -> str | None:
+    """The container the first 12 bytes of a file announce: wav, rifx (big-endian WAV,
+    not read here), aiff, flac, ogg, mp4 or matroska; None for another (MP3 has no
+    reliable mark)."""
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        return _wav(head, read, size)
+        return "wav"
+    if head[:4] == b"RIFX":
+        return "rifx"
     if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-        return _aiff(head, read, size)
+        return "aiff"
     if head[:4] == b"fLaC":
-        return _flac(head)
+        return "flac"
     if head[:4] == b"OggS":
-        return _ogg(head, read, size)
+        return "ogg"
     if head[4:8] == b"ftyp":
-        return _mp4(head, read, size)
+        return "mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    return None
+
+
+def _parse(head: bytes, read: Reader, size: int, name: str) -> float | None:
+    kind = container(head)
+    if kind == "wav":
+        return _wav(head, read, size)
+    if kind == "aiff":
+        return _aiff(head, read, size)
+    if kind == "flac":
+        return _flac(head)
+    if kind == "ogg":
+        return _ogg(head, read, size)
+    if kind == "mp4":
+        return _mp4(head, read, size)
+    if kind == "matroska":
         return _matroska(head)
     if head[:3] == b"ID3" or posixpath.splitext(name)[1].lower() in _MPEG_AUDIO:
         return _mp3(head, read, size)
