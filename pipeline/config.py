@@ -135,6 +135,11 @@ class ActorOptions:
                  f"{actors} actor(s)" if actors else f"one actor per {threads} CPU(s)", threads, profile.source)
         return cls(threads=threads, actors=actors, batch_size=batch_size or profile.batch_size)
 
+    @property
+    def streams(self) -> int:
+        """Units each actor transcribes at once: `batch_size`, else the default."""
+        return self.batch_size or DEFAULT_BATCH_SIZE
+
     def actors_for(self, cpus: float) -> int:
         """Actors to start with on a cluster offering `cpus` CPUs now: as asked, else one
         per `threads` CPUs (at least one: on a cluster with no worker yet, its request is

@@ -20,7 +20,7 @@ from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease, LeaseLostError
 from pipeline.commit import ShardResult, iso, retry_intent_path
 from pipeline.dispatch import run_shards, units_to_ipc
-from pipeline.config import (DEFAULT_BATCH_SIZE, ActorOptions, JobSpec, WhisperOptions, WorkerConfig, fingerprint,
+from pipeline.config import (ActorOptions, JobSpec, WhisperOptions, WorkerConfig, fingerprint,
                              fingerprint_fields)
 from pipeline.ray_session import (OnDemandRay, RaySession, autoscaler_request, joins_cluster, ray_session,
                                   run_setup_hook)
@@ -96,8 +96,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
     if job is None:
         total_s = sum(plan.estimates(units))
         shard_audio_s = spec.shard_audio_s or plan.choose_shard_audio_s(
-            total_s, spec.actors.actors_for(ray_runtime.session().cpus), units.num_rows,
-            spec.actors.batch_size or DEFAULT_BATCH_SIZE)
+            total_s, spec.actors.actors_for(ray_runtime.session().cpus), units.num_rows, spec.actors.streams)
         job = _new_job(spec, model, fields, shard_audio_s)
         lease.check()
         store.write_job(job)
@@ -249,7 +248,7 @@ def _worker_config(spec: JobSpec, model_sha256: str, job_fingerprint: str, langu
         unit_timeout_s=spec.unit_timeout_s,
         language_check=language_check,
         lease_owner=lease.owner,
-        batch_size=spec.actors.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=spec.actors.streams,
     )
 
 

@@ -4,7 +4,7 @@ An actor holds one model and a shard of units. Each unit is a *stream* that keep
 sequential long-form loop (seek, previous-text prompt, timestamps, fallback), run in a
 *slot* thread of its own. The only thing streams share is the model's decoder call: a
 slot that needs one waits in `Lockstep` until every live slot waits too, and the calls
-are then made together, several rows in one call (`Batch.run` decides how). So a round's
+are then made together, several rows in one call (the caller's `run_round` decides how). So a round's
 rows are the windows the live streams reached, which depends on the shard's content
 only, never on timing: a slot that is slow (decoding its audio, splitting its segments)
 holds the round up rather than letting it leave without it.
@@ -79,8 +79,6 @@ class Lockstep:
         self._cond = threading.Condition()
         self._live = slots
         self._waiting: list[Call] = []
-        self.rounds = 0
-        self.calls = 0
 
     def call(self, call: Call) -> Any:
         """`call`'s result, once every live slot has a call waiting and the round is made."""
@@ -110,8 +108,6 @@ class Lockstep:
             for c in calls:
                 if c.result is None and c.error is None:
                     c.error = exc
-        self.rounds += 1
-        self.calls += len(calls)
         for c in calls:
             c.done = True
         self._cond.notify_all()
