@@ -60,23 +60,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-def make_bad_files(folder: Path, speech_dir: Path) -> dict[str, Path]:
-    """Broken inputs of the kinds archives hold, each beside real audio."""
-    folder.mkdir(parents=True, exist_ok=True)
-    bad = {
-        "empty": folder / "empty.wav",
-        "text": folder / "notes.wav",
-        "corrupt": folder / "corrupt.flac",
-        "truncated": folder / "truncated.mp3",
-    }
-    bad["empty"].write_bytes(b"")
-    bad["text"].write_text("this is a text file, not audio\n" * 20)
-    bad["corrupt"].write_bytes(bytes(range(256)) * 64)
-    mp3 = (speech_dir / "librivox" / "shakespeare_sonnet_001.mp3").read_bytes()
-    bad["truncated"].write_bytes(mp3[: len(mp3) // 10])
-    return bad
-
-
 @pytest.fixture
 def small_corpus(tmp_path, speech_dir) -> Path:
     """Three short real clips, the noise file, and a name with spaces, quotes and $()."""
@@ -88,7 +71,6 @@ def small_corpus(tmp_path, speech_dir) -> Path:
     return folder
 
 
-FAULT_RUN_OPTIONS = ("--beam-size", "1", "--shard-minutes", "0.25", "--no-progress")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +86,7 @@ def corpus(tmp_path_factory, speech_dir) -> Path:
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory) -> Path:
     """The undisturbed local run that every fault scenario must equal."""
-    from tests.test_faults import run_ok
+    from tests.helpers import run_ok
 
     out = tmp_path_factory.mktemp("reference") / "out"
     run_ok(corpus, out)

@@ -11,7 +11,7 @@ from pipeline.actor import process_shard
 from pipeline.config import WhisperOptions, WorkerConfig
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from pipeline.store import OutputStore
-from tests.conftest import make_bad_files
+from tests.helpers import make_bad_files
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,43 +22,7 @@ flaky_fs.register()  # the checks read flaky:// outputs from this process too
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-from tests.conftest import FAULT_RUN_OPTIONS as RUN_OPTIONS
-
-
-def start(corpus: Path | str, out: Path | str, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--output", str(out), *RUN_OPTIONS, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        # An embedded run as from a user's shell: the Ray of this test process sets
-        # RAY_AUTH_MODE in its own environment, which would change what the run's Ray
-        # prints. A run that joins a cluster keeps it (it needs the token).
-        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE" or "--address" in extra},
-             "PYTHONPATH": str(ROOT), **(env or {})},
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    stdout, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stdout, stderr
-
-
-def run_ok(corpus: Path, out: Path, *extra: str, env: dict | None = None, code_expected: int = 0) -> str:
-    code, stdout, stderr = finish(start(corpus, out, *extra, env=env))
-    assert code == code_expected, stderr[-3000:]
-    return stdout
-
-
-def wait_until(condition, timeout: float = 120, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def markers_in(out: Path) -> int:
-    return len(list((out / "_commits").glob("*.json"))) if (out / "_commits").exists() else 0
+from tests.helpers import finish, markers_in, run_ok, start, wait_until
 
 
 def shard_in_flight(out: Path) -> bool:

@@ -17,7 +17,7 @@ from tests.wer import wer
 from pipeline.job import run
 from pipeline.resume import JobMismatchError
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
-from tests.conftest import make_bad_files
+from tests.helpers import make_bad_files
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.checks import check_output
-from tests.test_faults import finish, run_ok, start
+from tests.helpers import finish, run_ok, start
 
 pytestmark = pytest.mark.slow
 
@@ -136,10 +136,10 @@ def test_a_long_remote_file_is_split_and_downloaded_once_per_node(s3, tmp_path, 
     import s3fs
 
     from pipeline import audio
-    from tests.test_windows import _reading
+    from tests.helpers import reading_wav
     from tests.wer import wer
 
-    target, reference = _reading(tmp_path / "in", speech_dir, 150)
+    target, reference = reading_wav(tmp_path / "in", speech_dir, 150)
     s3fs.S3FileSystem(endpoint_url=s3).put_file(str(target), "audio/long/reading.wav")
     out, cache = tmp_path / "out", tmp_path / "cache"
     run_ok("s3://audio/long", out, "--window-minutes", "1", "--storage-option", f"endpoint_url={s3}",

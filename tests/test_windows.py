@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import subprocess
-import wave
 from pathlib import Path
 
 import duckdb
@@ -15,37 +13,13 @@ import numpy as np
 import pytest
 
 from pipeline import audio, inputs, plan, windows
+from tests.helpers import reading_wav
 from tests.wer import wer
 
-PAUSE_S = 0.7
-
-
-def _reading(folder: Path, speech_dir: Path, seconds: float) -> tuple[Path, str]:
-    """A WAV of real LibriSpeech/TIMIT/JFK clips with short pauses, and its reference."""
-    with open(speech_dir / "manifest.csv", newline="", encoding="utf-8") as f:
-        clips = [(speech_dir / r["path"], r["reference_text"]) for r in csv.DictReader(f)
-                 if r["reference_text"] and float(r["duration_s"]) <= 17]
-    pause = np.zeros(int(PAUSE_S * audio.SAMPLE_RATE), np.float32)
-    parts, texts, n, i = [], [], 0, 0
-    while n < seconds * audio.SAMPLE_RATE:
-        path, ref = clips[i % len(clips)]
-        samples = audio.decode(str(path)).samples
-        parts += [samples, pause]
-        texts.append(ref)
-        n += len(samples) + len(pause)
-        i += 1
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "reading.wav"
-    with wave.open(str(target), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(audio.SAMPLE_RATE)
-        w.writeframes((np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes())
-    return target, " ".join(texts)
 
 
 def test_long_local_files_are_planned_as_windows(tmp_path, speech_dir):
-    target, _ = _reading(tmp_path / "in", speech_dir, 200)
+    target, _ = reading_wav(tmp_path / "in", speech_dir, 200)
     units = inputs.expand([str(target), str(speech_dir / "misc" / "jfk.flac")])
     split = windows.split_long(units, 60.0)
     rows = split.to_pylist()
@@ -64,7 +38,7 @@ def test_long_local_files_are_planned_as_windows(tmp_path, speech_dir):
 
 def test_local_files_are_measured_from_their_header_and_by_ffmpeg_where_it_does_not_tell(tmp_path, speech_dir,
                                                                                        monkeypatch):
-    target, _ = _reading(tmp_path / "in", speech_dir, 200)
+    target, _ = reading_wav(tmp_path / "in", speech_dir, 200)
     aac = tmp_path / "in" / "reading.aac"  # AAC in ADTS frames: no header that durations.py reads
     subprocess.run([audio.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(target), "-c:a", "aac", "-b:a",
                     "128k", "-f", "adts", str(aac)], check=True)
@@ -90,7 +64,7 @@ def test_a_measured_duration_balances_shards_instead_of_the_size_guess(tmp_path,
 
 
 def test_a_duration_from_the_manifest_plans_windows_without_probing(tmp_path, speech_dir, monkeypatch):
-    target, _ = _reading(tmp_path / "in", speech_dir, 200)
+    target, _ = reading_wav(tmp_path / "in", speech_dir, 200)
     manifest = tmp_path / "m.csv"
     # The manifest's duration is taken as it is: a file said to be 150 s long is cut in
     # three (the last window runs to the end of the file, whatever its length).
@@ -114,7 +88,7 @@ def test_remote_files_are_split_by_the_duration_their_manifest_or_header_gives(t
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    target, _ = _reading(tmp_path / "in", speech_dir, 200)
+    target, _ = reading_wav(tmp_path / "in", speech_dir, 200)
     clip = (speech_dir / "misc" / "jfk.flac").read_bytes()
     fs.pipe_file("/archive/reading.wav", target.read_bytes())  # 200 s, as its header says
     fs.pipe_file("/archive/long.flac", clip)  # said to be 150 s by the manifest: not read
@@ -138,7 +112,7 @@ def test_remote_files_are_split_by_the_duration_their_manifest_or_header_gives(t
 
 
 def test_seams_fall_in_silence_and_both_neighbours_agree(tmp_path, speech_dir):
-    target, _ = _reading(tmp_path / "in", speech_dir, 120)
+    target, _ = reading_wav(tmp_path / "in", speech_dir, 120)
     samples = audio.decode(str(target)).samples
     loud = float(np.sqrt(np.mean(samples**2)))
     for nominal in (20.0, 45.0, 60.0, 90.0):
@@ -156,7 +130,7 @@ def test_a_windowed_file_is_stitched_without_losing_or_doubling_words(tmp_path, 
     from pipeline.store import OutputStore
     from pipeline.verify import verify
 
-    target, reference = _reading(tmp_path / "in", speech_dir, 200)
+    target, reference = reading_wav(tmp_path / "in", speech_dir, 200)
     results = {}
     for name, window_s in (("whole", None), ("windows", 60.0)):
         out = tmp_path / name

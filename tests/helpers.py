@@ -1,0 +1,101 @@
+"""Helpers the test modules share: the real `bulkscribe run` in a subprocess, waiting on
+a condition, and inputs made from the bundled clips. Test modules import from here,
+never from each other."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 13 real clips planned as 8 shards (the `corpus` fixture) with these options.
+FAULT_RUN_OPTIONS = ("--beam-size", "1", "--shard-minutes", "0.25", "--no-progress")
+
+
+def start(corpus: Path | str, out: Path | str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(corpus), "--output", str(out), *FAULT_RUN_OPTIONS, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        # An embedded run as from a user's shell: the Ray of this test process sets
+        # RAY_AUTH_MODE in its own environment, which would change what the run's Ray
+        # prints. A run that joins a cluster keeps it (it needs the token).
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE" or "--address" in extra},
+             "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def run_ok(corpus: Path, out: Path, *extra: str, env: dict | None = None, code_expected: int = 0) -> str:
+    code, stdout, stderr = finish(start(corpus, out, *extra, env=env))
+    assert code == code_expected, stderr[-3000:]
+    return stdout
+
+
+def wait_until(condition, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def markers_in(out: Path) -> int:
+    return len(list((out / "_commits").glob("*.json"))) if (out / "_commits").exists() else 0
+
+
+def make_bad_files(folder: Path, speech_dir: Path) -> dict[str, Path]:
+    """Broken inputs of the kinds archives hold, each beside real audio."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = {
+        "empty": folder / "empty.wav",
+        "text": folder / "notes.wav",
+        "corrupt": folder / "corrupt.flac",
+        "truncated": folder / "truncated.mp3",
+    }
+    bad["empty"].write_bytes(b"")
+    bad["text"].write_text("this is a text file, not audio\n" * 20)
+    bad["corrupt"].write_bytes(bytes(range(256)) * 64)
+    mp3 = (speech_dir / "librivox" / "shakespeare_sonnet_001.mp3").read_bytes()
+    bad["truncated"].write_bytes(mp3[: len(mp3) // 10])
+    return bad
+
+
+PAUSE_S = 0.7
+
+
+def reading_wav(folder: Path, speech_dir: Path, seconds: float) -> tuple[Path, str]:
+    """A WAV of real LibriSpeech/TIMIT/JFK clips with short pauses, and its reference."""
+    with open(speech_dir / "manifest.csv", newline="", encoding="utf-8") as f:
+        clips = [(speech_dir / r["path"], r["reference_text"]) for r in csv.DictReader(f)
+                 if r["reference_text"] and float(r["duration_s"]) <= 17]
+    pause = np.zeros(int(PAUSE_S * audio.SAMPLE_RATE), np.float32)
+    parts, texts, n, i = [], [], 0, 0
+    while n < seconds * audio.SAMPLE_RATE:
+        path, ref = clips[i % len(clips)]
+        samples = audio.decode(str(path)).samples
+        parts += [samples, pause]
+        texts.append(ref)
+        n += len(samples) + len(pause)
+        i += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "reading.wav"
+    with wave.open(str(target), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(audio.SAMPLE_RATE)
+        w.writeframes((np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes())
+    return target, " ".join(texts)
