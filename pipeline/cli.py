@@ -157,6 +157,7 @@ def compact_command(args: argparse.Namespace) -> int:
     store = OutputStore(args.output, dict(args.storage_option))
     if store.read_job() is None:
         raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
+    store.refuse_links_out()
     with Lease(store, "compact") as lease:
         markers = store.update_index(before_write=lease.check)
         done = compact(store, markers, before_write=lease.check)
@@ -253,12 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.lease import LeaseHeldError, LeaseLostError
     from pipeline.models import ModelError
     from pipeline.resume import JobMismatchError
+    from pipeline.store import UnsafeOutputError
     from pipeline.submit import SubmitError
 
     try:
         _refuse_files_as_folders(args)
         return COMMANDS[args.command](args)
-    except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, FileNotFoundError, ValueError) as exc:
+    except (JobMismatchError, LeaseHeldError, ModelError, InputError, SubmitError, UnsafeOutputError, FileNotFoundError,
+            ValueError) as exc:
         print(f"bulkscribe: error: {exc}", file=sys.stderr)
         return 2
     except LeaseLostError as exc:

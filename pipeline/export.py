@@ -74,11 +74,20 @@ def render(fmt: str, segments: list[dict[str, Any]], unit: dict[str, Any]) -> st
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
+def _safe_path(path: str) -> str:
+    """A URI's path as a relative path that stays below the export folder: empty and `.`
+    components dropped, `..` made `_`, control characters (a newline) made `_`."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    clean = ("_" if p == ".." else "".join("_" if ord(c) < 32 or c == "\x7f" else c for c in p) for p in parts)
+    return "/".join(clean) or "_"
+
+
 def target_names(uris: Iterable[str], fmt: str) -> dict[str, str]:
     """A relative output path per URI: the source's path below the URIs' common folder,
-    its extension replaced by `fmt` (kept, when two sources would share a name)."""
+    its extension replaced by `fmt` (kept, when two sources would share a name). No name
+    leads outside the export folder, whatever the URIs hold (`..`, newlines)."""
     uris = list(uris)
-    paths = {u: u.split("://", 1)[-1].lstrip("/") for u in uris}
+    paths = {u: _safe_path(u.split("://", 1)[-1]) for u in uris}
     common = posixpath.commonpath([posixpath.dirname(p) for p in paths.values()]) if paths else ""
     rel = {u: posixpath.relpath(p, common) if common else p for u, p in paths.items()}
     stems = {u: posixpath.splitext(r)[0] for u, r in rel.items()}

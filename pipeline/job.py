@@ -44,6 +44,7 @@ def run(spec: JobSpec) -> Summary:
     started = time.time()
     run_setup_hook()
     store = OutputStore(spec.output, spec.storage_options)
+    store.refuse_links_out()
     job = store.read_job()
     spec = with_folder_options(dataclasses.replace(spec, inputs=inputs.absolute(spec.inputs)), job)
     model = models.resolve(spec.whisper.model)
@@ -193,6 +194,7 @@ def retry_failed(
     spec = JobSpec(inputs=tuple(job.spec["inputs"]), output=output, whisper=whisper, actors=actors,
                    address=address, storage_options=dict(storage_options or {}), progress=progress,
                    unit_timeout_s=unit_timeout_s, language_check=job.spec.get("language_check"))
+    store.refuse_links_out()
     with Lease(store, "retry-failed") as lease:
         interrupted = store.shards_in("_retry", "*.json")
         markers = store.markers()

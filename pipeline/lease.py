@@ -67,7 +67,7 @@ class Lease:
         data = json.dumps(self._record()).encode()
         if self.store.create_only(self.path, data):
             return self._start_heartbeat()
-        held = self.store.read_json(self.path)
+        held = read_lease(self.store)
         if held is not None:
             reason = stale_reason(held)
             if reason is None:
@@ -90,7 +90,7 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                if not _owned_by(self.store.read_json(self.path), self.owner):
+                if not _owned_by(read_lease(self.store), self.owner):
                     logger.error("the lease of %s was taken by another run; this one stops writing", self.store.uri())
                     self._lost.set()
                     return
@@ -105,7 +105,7 @@ class Lease:
 
     def check(self) -> None:
         """Raise LeaseLostError unless this run still holds the folder (one read)."""
-        held = self.store.read_json(self.path)
+        held = read_lease(self.store)
         if not self._lost.is_set() and _owned_by(held, self.owner):
             return
         self._lost.set()
@@ -120,7 +120,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if _owned_by(self.store.read_json(self.path), self.owner):
+        if _owned_by(read_lease(self.store), self.owner):
             self.store.delete(self.path)
 
     def __enter__(self) -> "Lease":
@@ -135,9 +135,19 @@ def lease_path(store: OutputStore) -> str:
     return store.path("_lease.json")
 
 
+def read_lease(store: OutputStore) -> dict[str, Any] | None:
+    """The lease record, None if there is none; a file there that is not a lease record
+    (lease writes are whole, so none of ours) reads as {}: a lease with no heartbeat."""
+    try:
+        held = store.read_json(lease_path(store))
+    except ValueError:
+        return {}
+    return held if held is None or isinstance(held, dict) else {}
+
+
 def holds(store: OutputStore, owner: str) -> bool:
     """Whether the lease of `store`'s folder is still `owner`'s."""
-    return _owned_by(store.read_json(lease_path(store)), owner)
+    return _owned_by(read_lease(store), owner)
 
 
 def _owned_by(held: dict[str, Any] | None, owner: str) -> bool:

@@ -95,8 +95,23 @@ class PlanConflictError(RuntimeError):
     """Another run wrote a plan part at the same time."""
 
 
+# The folders of an output folder (README, "Output layout").
+FOLDERS = (*TABLES, "_commits", "_plan", "_index", "_retry", "_runs", "_attempts")
+
+
+class UnsafeOutputError(RuntimeError):
+    """A write or a delete would land outside the output folder: a name with `..`, or a
+    folder of the output that is a symbolic link to somewhere else."""
+
+
 class OutputStore:
-    """One output folder, local or remote, reached through fsspec."""
+    """One output folder, local or remote, reached through fsspec.
+
+    Every write and delete goes to a path inside the folder: names are made here, never
+    taken from inputs, and `inside` refuses any other (a `..`, or locally a symbolic link
+    planted in the folder that leads out of it), so nothing read or planted can make a run
+    write or delete elsewhere.
+    """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url
@@ -121,6 +136,28 @@ class OutputStore:
     def marker_path(self, shard: int) -> str:
         return self.path("_commits", f"{shard:06d}.json")
 
+    def inside(self, path: str) -> str:
+        """`path`, checked to be inside the folder; else UnsafeOutputError."""
+        norm = posixpath.normpath(path)
+        if not norm.startswith(self.root.rstrip("/") + "/"):
+            raise UnsafeOutputError(f"refusing to write or delete {path!r}: outside the output folder {self.url}")
+        if self.local:
+            root = os.path.realpath(self.root)
+            real = os.path.realpath(os.path.dirname(norm))
+            if real != root and not real.startswith(root + os.sep):
+                raise UnsafeOutputError(
+                    f"refusing to write or delete {path!r}: a folder of the output is a symbolic link "
+                    f"to {real}, outside the output folder {self.url}; remove the link")
+        return norm
+
+    def refuse_links_out(self) -> None:
+        """Raise UnsafeOutputError if a folder of a local output is a symbolic link leading
+        out of it: found before a run writes anything, not by an actor mid-shard."""
+        if not self.local:
+            return
+        for name in FOLDERS:
+            self.inside(self.path(name, "x"))
+
     def uri(self, *parts: str) -> str:
         """A path as the user would type it (a URL for remote stores)."""
         path = self.path(*parts)
@@ -130,6 +167,7 @@ class OutputStore:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Make `path` hold `data`, all or nothing."""
+        path = self.inside(path)
         if not self.local:
             # One PUT: readers see the old object or the new one.
             retry(lambda: self.fs.pipe_file(path, data), f"write {path}")
@@ -148,6 +186,7 @@ class OutputStore:
         exists, so a reader never sees a half-written marker and two writers cannot
         both win.
         """
+        path = self.inside(path)
         if not self.local:
             # fsspec's mode="create" is a conditional PUT on S3 (If-None-Match: *): the
             # store itself refuses the second writer. A retry whose first try did land
@@ -193,6 +232,7 @@ class OutputStore:
         return sorted(retry(lambda: strict_listing(self.fs, "glob", pattern), f"list {pattern}"))
 
     def delete(self, path: str) -> None:
+        path = self.inside(path)
         try:
             retry(lambda: self.fs.rm_file(path), f"delete {path}")
         except FileNotFoundError:

@@ -136,7 +136,7 @@ def local_cluster(tmp_path):
 
 @pytest.mark.slow
 def test_submit_to_a_multi_node_cluster(local_cluster, corpus, reference, tmp_path):
-    from tests.conftest import FAULT_RUN_OPTIONS
+    from tests.helpers import FAULT_RUN_OPTIONS
 
     out = tmp_path / "out"
     done = subprocess.run(
@@ -157,6 +157,15 @@ def test_submit_to_a_multi_node_cluster(local_cluster, corpus, reference, tmp_pa
     per_node = dict(duckdb.sql(f"select node, count(*) from '{out}/files/*.parquet' group by 1").fetchall())
     assert len(per_node) == 2, per_node  # both worker nodes transcribed; the head (0 CPUs) did not
     assert len(actors_per_node(local_cluster)) == 2
+    # The cluster bulkscribe submitted to kept Ray's token authentication: its job API
+    # refuses a request without the token, or with another one.
+    import urllib.error
+    import urllib.request
+
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{local_cluster}/api/jobs/", headers=headers), timeout=30)
+        assert refused.value.code in (401, 403), headers
 
 
 def nodes_of(out: Path) -> dict[str, int]:
@@ -180,7 +189,7 @@ def test_nodes_join_and_leave_mid_run(cluster_script, corpus, reference, tmp_pat
     (2 threads per actor, where the first node has none: 1); the node that then leaves
     loses nothing: the output is exactly once and equal to an undisturbed run's."""
     from pipeline.tune import node_shape, shape_key
-    from tests.test_faults import finish, markers_in, start, wait_until
+    from tests.helpers import finish, markers_in, start, wait_until
 
     cluster_script("start", "1")
     out = tmp_path / "out"
@@ -206,7 +215,7 @@ def test_nodes_join_and_leave_mid_run(cluster_script, corpus, reference, tmp_pat
 def test_a_cluster_with_no_workers_runs_once_one_joins(cluster_script, corpus, reference, tmp_path):
     """No `--actors`: the job plans, waits for CPUs (asking an autoscaler for them), and
     runs on the worker that joins."""
-    from tests.test_faults import finish, start, wait_until
+    from tests.helpers import finish, start, wait_until
 
     cluster_script("start", "0")
     out = tmp_path / "out"
