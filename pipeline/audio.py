@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -109,14 +110,18 @@ def decode(
     (`cached_copy`), where its other windows find it.
 
     Raises:
-        DecodeError: with `error_type` `empty_file`, `no_audio_stream`, `decode_error`
-            or `timeout`, and ffmpeg's own message.
+        DecodeError: with `error_type` `empty_file`, `no_audio_stream`, `decode_error`,
+            `not_a_file` or `timeout`, and ffmpeg's own message.
         FileNotFoundError, PermissionError: from the storage layer, unchanged.
     """
     path = local_path(uri)
     if path is not None:
-        if os.path.isdir(path):
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+        if not stat.S_ISREG(mode):
+            # Opening a FIFO would wait for a writer for ever; a device may never end.
+            raise DecodeError("not_a_file", f"{uri} is not a regular file (a FIFO, socket or device); not read")
         # Fail the way a remote read would, before ffmpeg turns it into a vaguer message.
         with open(path, "rb") as f:
             if not f.read(1):

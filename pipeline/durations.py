@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import posixpath
+import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -76,6 +77,8 @@ def remote_durations(uris: list[str], sizes: list[int], storage_options: dict | 
 def local_duration(path: str) -> float | None:
     """The duration of a local file (None where its header does not tell)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None  # a FIFO would block the planner; a device never ends
         with open(path, "rb") as f:
             def read(start: int, end: int) -> bytes:
                 f.seek(start)

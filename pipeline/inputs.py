@@ -248,10 +248,15 @@ def _manifest_target(fs: fsspec.AbstractFileSystem, base: str, value: str):
 
 def _size_or_none(target) -> int | None:
     # A missing entry is not an error here: it becomes a `failed` row when its shard runs.
+    # So is a local file the system will not stat (a symbolic link loop).
     fs, path, _ = target
     try:
         return retry(lambda: fs.size(path), f"stat {path}")
     except (FileNotFoundError, PermissionError):
+        return None
+    except OSError:
+        if not _is_local(fs):
+            raise
         return None
 
 

@@ -123,6 +123,11 @@ def decode_window(
         return unit, _failed(row, "permission_denied", f"{unit.uri}: {exc.strerror or exc}", started), None
     except IsADirectoryError as exc:
         return unit, _failed(row, "not_a_file", f"{unit.uri}: {exc.strerror or exc}", started), None
+    except OSError as exc:
+        if audio.local_path(unit.uri) is None:
+            raise  # storage failing after its retries stops the run (it may be the network's)
+        # A local file the system will not read (a symlink loop, an I/O error): its own fault.
+        return unit, _failed(row, "unreadable", f"{unit.uri}: {exc.strerror or exc}", started), None
     row.decode_s = time.perf_counter() - started
     # Milliseconds, like segment times: a segment then never ends after its file.
     row.duration_s = round(decoded.duration_s, 3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline import audio
-from tests.conftest import make_bad_files
+from tests.helpers import make_bad_files
 
 
 @pytest.mark.parametrize(
@@ -134,6 +134,22 @@ def test_video_without_audio_is_no_audio_stream(tmp_path):
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         audio.decode(str(tmp_path / "gone.wav")).samples
+
+
+def test_a_fifo_or_a_link_loop_named_wav_fails_at_once(tmp_path):
+    import os
+
+    fifo, loop = tmp_path / "pipe.wav", tmp_path / "loop.wav"
+    os.mkfifo(fifo)  # opened, it would wait for a writer for ever
+    loop.symlink_to(loop)
+    with pytest.raises(audio.DecodeError) as failed:
+        audio.decode(str(fifo))
+    assert failed.value.error_type == "not_a_file"
+    with pytest.raises(OSError):
+        audio.decode(str(loop))  # the unit's row says `unreadable` (tests/test_actor.py)
+    from pipeline import durations
+
+    assert durations.local_duration(str(fifo)) is None
 
 
 def test_remote_urls_are_decoded_through_fsspec(speech_dir):
