@@ -55,6 +55,8 @@ def load_transcriber(config: WorkerConfig) -> Transcriber:
         try:
             language_id = models.resolve(config.language_check).path
         except models.ModelError as exc:
+            if config.whisper.other_languages == "route":
+                raise  # the job routes files in other languages to it: no node may skip that
             logger.warning("no language check on %s (%s): files are not flagged language_mismatch",
                            socket.gethostname(), exc)
     return Transcriber(model.path, config.whisper, config.threads, language_id_path=language_id)

@@ -130,9 +130,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "whispered and telephone speech)")
     g.add_argument("--word-timestamps", action=argparse.BooleanOptionalAction,
                    help="add per-word timings to each segment (default off)")
+    g.add_argument("--other-languages", choices=["route", "flag"],
+                   help="with an English-only model, files found in another language: 'route' transcribes them "
+                        "again with the --language-check model, in their own language (default when it is "
+                        "installed; kept by reruns); 'flag' keeps the English model's text, flagged "
+                        "language_mismatch")
     p.add_argument("--language-check", default="base", metavar="MODEL",
                    help="with an English-only model, a multilingual model that names the language of doubtful "
-                        "transcripts, to flag files that are not in English (default: base; 'none': no check)")
+                        "transcripts, and transcribes those in another language (--other-languages) "
+                        "(default: base; 'none': no check)")
     p.add_argument("--rescan", action="store_true",
                    help="list the inputs again and plan files added since the folder was planned (a rerun with "
                         "the folder's own inputs otherwise goes by its saved plan)")
@@ -178,7 +184,8 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # The decoding options of the command line, as WhisperOptions fields.
-WHISPER_ARGUMENTS = ("model", "compute_type", "beam_size", "language", "task", "vad", "word_timestamps")
+WHISPER_ARGUMENTS = ("model", "compute_type", "beam_size", "language", "task", "vad", "word_timestamps",
+                     "other_languages")
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:

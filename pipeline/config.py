@@ -13,6 +13,7 @@ from typing import Any
 
 COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
 TASKS = ("transcribe", "translate")
+OTHER_LANGUAGES = ("route", "flag")
 MIN_WINDOW_S = 60.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # Streams an actor transcribes at once (bench/README.md, "Batching across files").
@@ -52,6 +53,12 @@ class WhisperOptions:
     temperature: tuple[float, ...] = DEFAULT_TEMPERATURES
     unit_no_speech_threshold: float = 0.5
     unit_logprob_threshold: float = -0.7
+    # What becomes of a file an English-only model finds in another language (the
+    # language-check model names it: `JobSpec.language_check`): "route", transcribed
+    # again by that multilingual model in its own language (what `--model` of it would
+    # give the file); "flag", kept as the English model wrote it, flagged
+    # language_mismatch. Folders made before this option existed are "flag".
+    other_languages: str = "route"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -70,6 +77,8 @@ class WhisperOptions:
             raise ValueError(
                 f"unit_no_speech_threshold must be in (0, 1], got {self.unit_no_speech_threshold}"
             )
+        if self.other_languages not in OTHER_LANGUAGES:
+            raise ValueError(f"other_languages must be one of {', '.join(OTHER_LANGUAGES)}, got {self.other_languages!r}")
         if self.unit_logprob_threshold >= 0:
             raise ValueError(f"unit_logprob_threshold must be < 0, got {self.unit_logprob_threshold}")
         object.__setattr__(self, "temperature", tuple(float(t) for t in self.temperature))
@@ -270,11 +279,18 @@ class WorkerConfig:
         return DEFAULT_TIMEOUT_BASE_S + DEFAULT_TIMEOUT_PER_AUDIO_S * audio_s
 
 
-def fingerprint_fields(options: WhisperOptions, model_sha256: str) -> dict[str, Any]:
-    """The options that change the transcript, with the model's identity."""
+def fingerprint_fields(options: WhisperOptions, model_sha256: str, route_sha256: str | None = None) -> dict[str, Any]:
+    """The options that change the transcript, with the model's identity, and with
+    routing, the identity of the model files in other languages are routed to.
+    `other_languages="flag"` is left out: the fingerprints of folders made before the
+    option existed (which flagged) stay what they were."""
     fields = dataclasses.asdict(options)
     fields["temperature"] = list(options.temperature)
     fields["model_sha256"] = model_sha256
+    if options.other_languages == "flag":
+        del fields["other_languages"]
+    else:
+        fields["route_model_sha256"] = route_sha256
     return fields
 
 

@@ -49,6 +49,7 @@ def run(spec: JobSpec) -> Summary:
     spec = with_folder_options(dataclasses.replace(spec, inputs=inputs.absolute(spec.inputs)), job)
     model = models.resolve(spec.whisper.model)
     check_language(spec.whisper, model)
+    spec = settle_other_languages(spec, model, job)
     # Workers of an embedded Ray inherit this; the fault tests use it to kill the driver.
     os.environ[DRIVER_PID_ENV] = str(os.getpid())
     with OnDemandRay(spec) as ray_runtime:
@@ -89,7 +90,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
                 started: float, lease: Lease, ray_runtime: OnDemandRay) -> Summary:
     """`units`: the inputs as listed, or None to go by the saved plan. Ray is asked for
     only when there is work: a finished job reruns in a second."""
-    fields = fingerprint_fields(spec.whisper, model.sha256)
+    fields = fingerprint_fields(spec.whisper, model.sha256, route_sha256(spec))
     job = store.read_job()
     if job is not None:
         check_fingerprint(job, fields)
@@ -190,10 +191,10 @@ def retry_failed(
         raise FileNotFoundError(f"{output} holds no bulkscribe job (no job.json)")
     whisper = folder_options(job)
     model = models.resolve(whisper.model)
-    check_fingerprint(job, fingerprint_fields(whisper, model.sha256))
     spec = JobSpec(inputs=tuple(job.spec["inputs"]), output=output, whisper=whisper, actors=actors,
                    address=address, storage_options=dict(storage_options or {}), progress=progress,
                    unit_timeout_s=unit_timeout_s, language_check=job.spec.get("language_check"))
+    check_fingerprint(job, fingerprint_fields(whisper, model.sha256, route_sha256(spec)))
     store.refuse_links_out()
     with Lease(store, "retry-failed") as lease:
         interrupted = store.shards_in("_retry", "*.json")
@@ -220,6 +221,40 @@ def retry_failed(
         return summary
 
 
+def settle_other_languages(spec: JobSpec, model: models.ResolvedModel, job: JobRecord | None) -> JobSpec:
+    """`spec` with `other_languages` as this job will apply it.
+
+    Routing needs an English-only main model, no forced `--language`, and the
+    language-check model installed; without them there is nothing to route, and the
+    option is "flag". A new folder asking for routing by default, whose language model is
+    not installed, flags instead (with the install command, once: `language_check_model`);
+    a folder that routes, or `--other-languages route` given, refuses to go on without it.
+    """
+    whisper = spec.whisper
+    if whisper.other_languages != "route":
+        return spec
+    if (whisper.language is not None or spec.language_check is None
+            or models.is_multilingual(model.path) is not False):
+        return dataclasses.replace(spec, whisper=dataclasses.replace(whisper, other_languages="flag"))
+    try:
+        models.resolve(spec.language_check)
+    except models.ModelError as exc:
+        asked = job is not None or (spec.whisper_given is not None and "other_languages" in spec.whisper_given)
+        if asked:
+            raise models.ModelError(
+                f"files in other languages are routed to {spec.language_check} in this job, which is not "
+                f"installed: {exc} (or --other-languages flag, into a new --output)") from None
+        return dataclasses.replace(spec, whisper=dataclasses.replace(whisper, other_languages="flag"))
+    return spec
+
+
+def route_sha256(spec: JobSpec) -> str | None:
+    """The sha256 of the model files in other languages go to, if the job routes them."""
+    if spec.whisper.other_languages != "route":
+        return None
+    return models.resolve(spec.language_check).sha256
+
+
 def language_check_model(spec: JobSpec, model: models.ResolvedModel, *, say_why: bool = True) -> str | None:
     """The model that names the language of doubtful transcripts, if this job needs one
     (an English-only model) and it is installed; else None, and why (with the install
@@ -230,7 +265,8 @@ def language_check_model(spec: JobSpec, model: models.ResolvedModel, *, say_why:
         models.resolve(spec.language_check)
     except models.ModelError as exc:
         if say_why:
-            logger.info("files in other languages will not be flagged language_mismatch: %s", exc)
+            logger.info("files in other languages will be neither transcribed in their own language nor "
+                        "flagged language_mismatch: %s", exc)
         else:
             logger.debug("no language check: %s is not installed", spec.language_check)
         return None

@@ -92,6 +92,10 @@ class CommitMarker(_Record):
     errors: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)
     decode_warnings: int = 0
+    # `ok` units per "language" (e.g. "en"), and per "language model" where a unit in
+    # another language was transcribed by the language-check model ("ru base"); empty in
+    # markers written before.
+    languages: dict[str, int] = field(default_factory=dict)
     decode_s: float = 0.0
     transcribe_s: float = 0.0
     started_at: str | None = None

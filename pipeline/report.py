@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,9 @@ class Summary:
     failures: dict[str, tuple[int, str]] = field(default_factory=dict)  # error_type -> (count, example)
     flags: dict[str, int] = field(default_factory=dict)  # flag -> files of `ok` status that carry it
     decode_warnings: int = 0  # units whose audio decoded shorter than announced, or with errors
+    # `ok` units per language ("en"), and per language and model for the units routed to
+    # the language-check model ("ru base"), most first
+    languages: dict[str, int] = field(default_factory=dict)
     shards_ran: int | None = None
     shards_skipped: int | None = None
     # retry-failed: the failed units it transcribed again.
@@ -79,6 +83,7 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
         node_hours=sum(r.wall_s * r.nodes for r in runs) / 3600,
         flags={f: n for f in FLAGS if (n := sum(m.flags.get(f, 0) for m in markers))},
         decode_warnings=sum(m.decode_warnings for m in markers),
+        languages=dict(sum((Counter(m.languages) for m in markers), Counter()).most_common()),
     )
     if summary.failed:
         summary.failures = _failures(store, [m for m in markers if m.count("failed")])
@@ -140,6 +145,10 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
         + (f"this run transcribed {s.run_audio_s:.1f} s in {s.wall_s:.1f} s wall: {rtfx}" if this_run else
            f"finished runs transcribed {s.run_audio_s:.1f} s in {s.wall_s:.1f} s wall: {rtfx}"),
     ]
+    if len(s.languages) > 1 or any(" " in key for key in s.languages):
+        routed = sum(n for key, n in s.languages.items() if " " in key)
+        lines.append("languages: " + ", ".join(f"{n} {key.replace(' ', ' by ')}" for key, n in s.languages.items())
+                     + (f" ({routed} file(s) in another language transcribed by its model)" if routed else ""))
     for kind, (count, example) in s.failures.items():
         lines.append(f"failed:  {count} x {kind}, e.g. {one_line(example)}")
     if s.failed:

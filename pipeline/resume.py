@@ -22,6 +22,8 @@ def folder_options(job: JobRecord) -> WhisperOptions:
     """The decoding options the folder's transcripts were made with."""
     fields = dict(job.fingerprint_fields)
     fields.pop("model_sha256", None)
+    fields.pop("route_model_sha256", None)
+    fields.setdefault("other_languages", "flag")  # what folders made before the option did
     unknown = set(fields) - {f.name for f in dataclasses.fields(WhisperOptions)}
     if unknown:
         raise JobMismatchError(

@@ -90,7 +90,8 @@ class Transcriber:
 
     An English-only model cannot tell that a file is not in English; with
     `language_id_path`, a multilingual model (loaded on first use) names the language
-    of the files the caller doubts (`languages`).
+    of the files the caller doubts (`languages`) and transcribes those in another
+    language (`in_own_language`).
 
     Args:
         model_path: a CTranslate2 model folder (see `pipeline.models.resolve`).
@@ -109,7 +110,7 @@ class Transcriber:
         self.resampled = 0
         self._model = _load(model_path, options.compute_type, cpu_threads)
         self._language_id_path = None if self.multilingual else language_id_path
-        self._language_id = None
+        self._other: Transcriber | None = None
 
     @property
     def multilingual(self) -> bool:
@@ -122,12 +123,22 @@ class Transcriber:
 
     def languages(self, audio: np.ndarray) -> dict[str, float]:
         """Language code -> probability for the first 30 s of 16 kHz `audio`."""
-        if self._language_id is None:
-            self._language_id = _load(self._language_id_path, "int8", self._threads)
-            if not self._language_id.model.is_multilingual:
-                raise ValueError(f"{self._language_id_path} is English-only: it cannot identify languages")
-        _, _, ranked = self._language_id.detect_language(audio=audio[: int(WINDOW_S * SAMPLE_RATE)])
+        _, _, ranked = self._multilingual().detect_language(audio=audio[: int(WINDOW_S * SAMPLE_RATE)])
         return {code: float(p) for code, p in ranked}
+
+    def in_own_language(self, audio: np.ndarray, deadline: float | None = None) -> Transcript:
+        """The transcript of the language-check model, in the language it detects: what a
+        job run with that model gives the file."""
+        self._multilingual()
+        return self._other.transcribe(audio, deadline)
+
+    def _multilingual(self):
+        if self._other is None:
+            other = Transcriber(self._language_id_path, self.options, self._threads)
+            if not other.multilingual:
+                raise ValueError(f"{self._language_id_path} is English-only: it cannot identify languages")
+            self._other = other
+        return self._other._model
 
     def transcribe(self, audio: np.ndarray, deadline: float | None = None) -> Transcript:
         """Transcribe 16 kHz mono float32 `audio`.

@@ -153,8 +153,30 @@ def _rows(stream: Stream, outcome: Transcript | Exception, transcriber: Transcri
     if isinstance(outcome, Exception):
         raise outcome  # anything else is a bug
     transcript = outcome
-    languages = (lambda: transcriber.languages(decoded.samples)) if transcriber.checks_language else None
-    return transcript_rows(row, transcript, config, languages=languages)
+    if not transcriber.checks_language:
+        return transcript_rows(row, transcript, config)
+    rows = transcript_rows(row, transcript, config, languages=lambda: transcriber.languages(decoded.samples))
+    if config.whisper.other_languages == "route" and quality.LANGUAGE_MISMATCH in row.flags:
+        return _routed(row, decoded, transcriber, config)
+    return rows
+
+
+def _routed(row: FileRow, decoded: audio.Decoded, transcriber: Transcriber, config: WorkerConfig) -> Rows:
+    """The rows of a unit in another language, transcribed again by the language-check
+    model in its own language (with a time limit of its own); `model` names it."""
+    started = time.perf_counter()
+    row.model, row.flags, row.segments = config.language_check, [], 0
+    row.language = row.language_probability = None
+    try:
+        transcript = transcriber.in_own_language(decoded.samples,
+                                                 time.monotonic() + config.transcribe_budget_s(decoded.duration_s))
+    except UnitTimeout as exc:
+        return _failed(row, "timeout", f"{exc} (transcribing it in its own language)"), []
+    except (RuntimeError, ValueError) as exc:
+        return _failed(row, "transcribe_error", f"{type(exc).__name__}: {exc}"), []
+    finally:
+        row.transcribe_s = (row.transcribe_s or 0.0) + time.perf_counter() - started
+    return transcript_rows(row, transcript, config)
 
 
 def transcript_rows(row: FileRow, transcript: Transcript, config: WorkerConfig, *,

@@ -122,7 +122,12 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         committed_units = pc.unique(
             plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id"))
         trusted = []
+        routes_to = _routes_to(store)
         for block in checked:
+            for shard, models in sorted(block.routed.items()):
+                for model in sorted(models - routes_to):
+                    v.problems.append(f"shard {shard}: files transcribed by model {model}, which this job does not "
+                                      "route files in other languages to")
             v.problems += block.problems
             v.segments += block.segments
             unit_ids.append(block.unit_ids)
@@ -176,6 +181,8 @@ class _Block:
     unit_ids: pa.ChunkedArray
     segments: int
     trusted: list[int]
+    # shard -> the models other than the job's that transcribed its `ok` units (routed)
+    routed: dict[int, set[str]] = field(default_factory=dict)
 
 
 def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
@@ -221,7 +228,16 @@ def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str],
     keys = _keyed({shard: c.keys for shard, c in zip(shards, checked) if c.keys is not None})
     problems += _segment_problems(keys["files"], keys["segments"])
     segments = keys["segments"].num_rows + sum(c.segments for c in checked if c.keys is None)
-    return _Block(problems, keys["files"].column("unit_id"), segments, trusted)
+    routed = {shard: c.routed for shard, c in zip(shards, checked) if c.routed}
+    return _Block(problems, keys["files"].column("unit_id"), segments, trusted, routed)
+
+
+def _routes_to(store: OutputStore) -> set[str]:
+    """The model files in other languages are routed to in this job (none, if it flags them)."""
+    job = store.read_job()
+    if job is None or job.fingerprint_fields.get("other_languages") != "route":
+        return set()
+    return {job.spec.get("language_check")}
 
 
 def _keyed(parsed: dict[int, dict[str, pa.Table]]) -> dict[str, pa.Table]:
@@ -285,6 +301,7 @@ class _Shard:
     problems: list[str]
     keys: dict[str, pa.Table] | None
     segments: int = 0
+    routed: set[str] = field(default_factory=set)
 
 
 def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: bool,
@@ -323,13 +340,19 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: b
         else:
             unchanged += expected.checked
         data[table] = blob
+    routed = _routed(marker.languages if marker is not None else None)
     if unchanged == len(TABLES) and not reparse:
-        return _Shard(problems, None, marker.parts["segments"].rows)
+        return _Shard(problems, None, marker.parts["segments"].rows, routed)
     keys = {}
     for table, blob in data.items():
         if (part := _part_keys(shard, table, blob, marker.parts[table].rows, problems)) is not None:
             keys[table] = part
-    return _Shard(problems, keys)
+    return _Shard(problems, keys, routed=routed)
+
+
+def _routed(languages: dict[str, int] | None) -> set[str]:
+    """The models a marker's `languages` ("ru base") name beside the job's own."""
+    return {key.split(" ", 1)[1] for key in languages or {} if " " in key}
 
 
 def _listed(store: OutputStore, shard: int, indexed: str | None, etags: dict[str, str] | None) -> _Shard | None:
@@ -345,7 +368,7 @@ def _listed(store: OutputStore, shard: int, indexed: str | None, etags: dict[str
         part = parts.get(table)
         if part is None or not part.checked or part.md5 is None or etags.get(store.part_path(table, shard)) != part.md5:
             return None
-    return _Shard([], None, parts["segments"].rows)
+    return _Shard([], None, parts["segments"].rows, _routed(data.get("languages")))
 
 
 def _part_keys(shard: int, table: str, data: bytes, rows: int, problems: list[str]) -> pa.Table | None:

@@ -124,3 +124,54 @@ def test_a_rerun_takes_the_folders_options_where_none_is_given():
     assert with_folder_options(api, job).whisper == WhisperOptions()
     # A folder of a new job: the defaults.
     assert with_folder_options(open_rerun, None).whisper == WhisperOptions()
+
+
+def test_folders_made_before_routing_keep_their_fingerprint_and_flag():
+    from pipeline.records import JobRecord
+    from pipeline.resume import folder_options
+
+    old_fields = dataclasses.asdict(WhisperOptions())
+    old_fields.pop("other_languages")  # what an older bulkscribe recorded
+    old_fields["temperature"] = list(old_fields["temperature"])
+    old_fields["model_sha256"] = "sha"
+    job = JobRecord(output="out", created_at="", spec={}, fingerprint=fingerprint(old_fields),
+                    fingerprint_fields=old_fields, model={}, shard_audio_s=60)
+    options = folder_options(job)
+    assert options.other_languages == "flag"
+    assert fingerprint(fingerprint_fields(options, "sha")) == job.fingerprint
+    routed = fingerprint(fingerprint_fields(WhisperOptions(), "sha", "base-sha"))
+    assert routed != job.fingerprint
+    assert routed != fingerprint(fingerprint_fields(WhisperOptions(), "sha", "other-base-sha"))
+
+
+def test_routing_is_settled_from_the_model_the_language_and_what_is_installed(monkeypatch):
+    from pipeline import models
+    from pipeline.job import settle_other_languages
+
+    installed = {"tiny.en", "base"}
+
+    def resolve(name):
+        if name not in installed:
+            raise models.ModelError(f"{name} is not installed: pip install ...")
+        return models.ResolvedModel(name=name, path=name, sha256=f"sha-{name}", pinned={})
+
+    monkeypatch.setattr(models, "resolve", resolve)
+    monkeypatch.setattr(models, "is_multilingual", lambda path: path != "tiny.en")
+    english = resolve("tiny.en")
+
+    def settled(whisper=WhisperOptions(), given=frozenset(), job=None, check="base"):
+        spec = JobSpec(inputs=("in",), output="out", whisper=whisper, whisper_given=given, language_check=check)
+        return settle_other_languages(spec, english if whisper.model == "tiny.en" else resolve(whisper.model),
+                                      job).whisper.other_languages
+
+    assert settled() == "route"
+    assert settled(WhisperOptions(language="en")) == "flag"  # a forced language: nothing to route
+    assert settled(WhisperOptions(model="base")) == "flag"  # a multilingual model: nothing to route
+    assert settled(check=None) == "flag"
+    assert settled(WhisperOptions(other_languages="flag"), frozenset({"other_languages"})) == "flag"
+    installed.remove("base")
+    assert settled() == "flag"  # a new folder by default: flag, with the install command in the log
+    with pytest.raises(models.ModelError, match="routed to base"):
+        settled(WhisperOptions(other_languages="route"), frozenset({"other_languages"}))
+    with pytest.raises(models.ModelError, match="routed to base"):
+        settled(job=object())  # a folder that routes cannot go on without its model

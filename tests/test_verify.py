@@ -209,7 +209,7 @@ def test_the_writer_leaves_parts_it_finds_wrong_unchecked(tmp_path, caplog):
     units = pa.table({"unit_id": ["u1"], "uri": ["/a.wav"]})
     file_row = FileRow(unit_id="u1", uri="/a.wav", shard=0, status="ok", segments=2)
     segment = SegmentRow(unit_id="u1", uri="/a.wav", shard=0, segment=0, start=0.0, end=1.0, text=" hi")
-    config = types.SimpleNamespace(fingerprint="f", lease_owner=None)
+    config = types.SimpleNamespace(fingerprint="f", lease_owner=None, model_name="tiny.en")
     good = write_parts(0, units, [file_row], [segment, dataclasses.replace(segment, segment=1)], store, config,
                        1, 0.0, "node")
     assert all(p.checked for p in good.parts.values()) and not caplog.records
