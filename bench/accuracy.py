@@ -16,7 +16,8 @@ Sides, all with the same model (tiny.en int8 unless --model):
 
 WER uses the English normalizer of the Whisper paper. Categories without English speech
 are scored by what each side says of them: for other languages, how many files
-bulkscribe flags `language_mismatch`; for music, noise and silence, how many files come
+bulkscribe routes to the multilingual model or flags `language_mismatch` (bench/languages.py
+scores the routed text); for music, noise and silence, how many files come
 out with text that is neither `no_speech` nor flagged. The bar for the default: no
 category more than 0.5 WER points above plain faster-whisper.
 
@@ -85,7 +86,7 @@ def bulkscribe(folder: Path, model: str, *extra: str) -> dict[str, dict]:
     for row in views.files.to_table().to_pylist():
         name = row["uri"].rsplit("/", 1)[1]
         text = " ".join(s["text"] for s in segments if s["uri"] == row["uri"])
-        found[name] = {"text": text, "status": row["status"], "flags": row["flags"] or [],
+        found[name] = {"text": text, "status": row["status"], "flags": row["flags"] or [], "model": row["model"],
                        "busy_s": (row["decode_s"] or 0.0) + (row["transcribe_s"] or 0.0)}
     return found
 
@@ -145,14 +146,15 @@ def main() -> None:
     rows["all English"] = overall
     print(f"{'all English':<16} {sum(len(v[0]) for v in everything.values()) // len(wanted):>5}"
           + "".join(f" {overall[s]:>14.2%}" for s in wanted))
-    for category, question in (("other_language", "flagged language_mismatch"),
+    for category, question in (("other_language", "routed to another model, or flagged language_mismatch"),
                                ("no_speech", "text neither no_speech nor flagged")):
         chosen = [name for name, item in named.items() if item.category == category]
         counts = []
         for side in wanted:
             got = [results[side][n] for n in chosen]
             if category == "other_language":
-                counts.append(sum("language_mismatch" in g["flags"] for g in got) if side.startswith("bulk") else None)
+                counts.append(sum("language_mismatch" in g["flags"] or g["model"] != args.model for g in got)
+                              if side.startswith("bulk") else None)
             else:
                 counts.append(sum(bool(g["text"]) and g["status"] != "no_speech" and not g["flags"] for g in got))
         print(f"{category:<16} {len(chosen):>5}" + "".join(f" {'-' if c is None else c:>14}" for c in counts)

@@ -81,6 +81,9 @@ class FaultProxy(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that hung up (as the faults make them do) is no news
+
     def __init__(self, upstream_port: int, seed: int):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream_port = upstream_port
@@ -209,14 +212,12 @@ class Cluster:
                 pass
         return alive
 
-    def forget_dead(self) -> None:
-        """Let the script clean up after nodes that died (their pid files stay)."""
-        for pid_file in self.folder.glob("worker-*.pid"):
-            if pid_file.stem not in self.workers():
-                try:
-                    self("remove", pid_file.stem)
-                except RuntimeError:
-                    pid_file.unlink(missing_ok=True)
+    def clear(self, worker: str) -> None:
+        """What is left of a lost node goes (its `ray start` and pid file), as its VM would."""
+        try:
+            self("remove", worker)
+        except RuntimeError:
+            (self.folder / f"{worker}.pid").unlink(missing_ok=True)
 
     def raylet(self, worker: str) -> int | None:
         """The pid of `worker`'s raylet (in the node's process group)."""
@@ -288,6 +289,7 @@ def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, m
     started = time.monotonic()
     run = start_run(cluster, proxy, out, log)
     window_ends = 0.0
+    lost: list[str] = []  # nodes whose raylet was killed or drained, not yet cleared away
     while True:
         code = run.poll()
         now = time.monotonic() - started
@@ -322,8 +324,8 @@ def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, m
                 proxy.share = rng.uniform(0.1, 0.3)
                 window_ends = now + rng.uniform(15, 45)
                 faults["storage fault windows"] += 1
-            elif kind in ("raylet killed", "preemption notice", "node removed") and len(alive) >= 2:
-                worker = rng.choice(alive)
+            elif kind in ("raylet killed", "preemption notice", "node removed") and len(alive) - len(lost) >= 2:
+                worker = rng.choice([w for w in alive if w not in lost])
                 if kind == "node removed":
                     cluster("remove", worker)
                 else:
@@ -331,14 +333,19 @@ def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, m
                     if raylet is None:
                         continue
                     os.kill(raylet, signal.SIGKILL if kind == "raylet killed" else signal.SIGTERM)
+                    lost.append(worker)
                 faults[kind] += 1
                 # A node lost is replaced after a while, as an autoscaler would.
                 events.append((now + rng.uniform(10, 30), "node added"))
                 events.sort()
-            elif kind == "node added" and len(alive) <= workers:
-                cluster.forget_dead()
-                cluster("add", "1")
-                faults[kind] += 1
+            elif kind == "node added" and len(alive) - len(lost) <= workers:
+                while lost:
+                    cluster.clear(lost.pop())
+                try:
+                    cluster("add", "1")
+                    faults[kind] += 1
+                except RuntimeError as exc:  # a node that did not come up is a fault of the bench's own
+                    print(f"a node did not join: {exc}")
         time.sleep(0.2)
     proxy.share = 0.0
     for why, n in resumed.items():
