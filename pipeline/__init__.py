@@ -2,7 +2,8 @@
 
 Data flow, one module each: inputs → plan (→ windows) → dispatch → actor → units (audio
 decode → transcriber, several units at once through streams → rows of schema) → commit (parts, then marker, through store) →
-report, query, search, export, verify. `job` orchestrates (`pipeline.run` calls it); `ray_session` starts or joins Ray.
+report, query, search, export, verify. `job` orchestrates (`pipeline.run` calls it); `ray_session` starts or joins Ray;
+`languages` says which model takes which language (files in other languages routed or flagged).
 
 `import pipeline` is light (no pyarrow, no Ray); the names below load on first use.
 """

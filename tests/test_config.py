@@ -146,7 +146,7 @@ def test_folders_made_before_routing_keep_their_fingerprint_and_flag():
 
 def test_routing_is_settled_from_the_model_the_language_and_what_is_installed(monkeypatch):
     from pipeline import models
-    from pipeline.job import settle_other_languages
+    from pipeline.languages import settle_other_languages
 
     installed = {"tiny.en", "base"}
 

@@ -334,7 +334,7 @@ def test_the_missing_language_model_is_explained_once_per_folder(monkeypatch, ca
     flagged and how to install it; later runs into it and retries say it at debug level."""
     import logging
 
-    from pipeline import job, models
+    from pipeline import languages, models
     from pipeline.config import JobSpec
 
     real = models.resolve
@@ -346,9 +346,9 @@ def test_the_missing_language_model_is_explained_once_per_folder(monkeypatch, ca
 
     monkeypatch.setattr(models, "resolve", no_base)
     spec = JobSpec(inputs=("in",), output="out")
-    with caplog.at_level(logging.INFO, logger="pipeline.job"):
-        assert job.language_check_model(spec, tiny_model, say_why=True) is None
+    with caplog.at_level(logging.INFO, logger="pipeline.languages"):
+        assert languages.language_check_model(spec, tiny_model, say_why=True) is None
         assert "pip install --require-hashes -r requirements/base.txt" in caplog.text
         caplog.clear()
-        assert job.language_check_model(spec, tiny_model, say_why=False) is None
+        assert languages.language_check_model(spec, tiny_model, say_why=False) is None
         assert caplog.text == ""
