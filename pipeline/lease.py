@@ -84,6 +84,9 @@ class Lease:
         self._start_heartbeat()
 
     def _start_heartbeat(self) -> None:
+        removed = self.store.remove_temporaries()
+        if removed:
+            logger.info("removed %d temporary file(s) left by interrupted writes", removed)
         self._thread = threading.Thread(target=self._beat, name="bulkscribe-lease", daemon=True)
         self._thread.start()
 

@@ -150,6 +150,28 @@ class OutputStore:
                     f"to {real}, outside the output folder {self.url}; remove the link")
         return norm
 
+    def remove_temporaries(self) -> int:
+        """Remove the hidden temporary files (`.NAME.HEX.tmp`) writes left behind when
+        they failed or were killed; called by the lease's new holder, before its own
+        writes, so none is a live write of its run (a stale writer's, it makes fail).
+        Local folders only: object stores write in one PUT. Returns how many."""
+        if not self.local:
+            return 0
+        removed = 0
+        for name in ("", *FOLDERS):
+            folder = self.path(name) if name else self.root
+            try:
+                entries = [e.path for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for path in entries:
+                try:
+                    os.unlink(self.inside(path))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
     def refuse_links_out(self) -> None:
         """Raise UnsafeOutputError if a folder of a local output is a symbolic link leading
         out of it: found before a run writes anything, not by an actor mid-shard."""
@@ -189,14 +211,20 @@ class OutputStore:
         path = self.inside(path)
         if not self.local:
             # fsspec's mode="create" is a conditional PUT on S3 (If-None-Match: *): the
-            # store itself refuses the second writer. A retry whose first try did land
-            # sees FileExistsError too, and reports "already committed": the marker holds
-            # this attempt's content either way.
+            # store itself refuses the second writer. A retry whose first try landed but
+            # whose answer was lost (a timeout after the store acted) meets its own
+            # object: it is this call's when it holds these very bytes. Every record
+            # written create-only holds something of its writer alone (a marker its
+            # attempt and timings, a lease its owner), and plan parts with the same bytes
+            # plan the same units as the same shards.
             try:
                 retry(lambda: self.fs.pipe_file(path, data, mode="create"), f"create {path}")
                 return True
             except FileExistsError:
-                return False
+                try:
+                    return self.read_bytes(path) == data
+                except FileNotFoundError:
+                    return False
             except (TypeError, NotImplementedError):
                 pass
             # A filesystem without create mode: check, then put. Two commits of one shard

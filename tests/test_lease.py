@@ -83,3 +83,54 @@ def test_a_lease_taken_over_stops_its_holder_and_its_actors(tmp_path):
         second.release()
     finally:
         first.release()
+
+
+class _AnswerLost(Exception):
+    pass
+
+
+def lost_answers_store(monkeypatch, tmp_name: str) -> OutputStore:
+    """An object store (fsspec's memory one: create-only PUTs) whose first PUT of each
+    path lands and then loses its answer: a timeout after the store acted, as on a flaky
+    network. Our retries see it as a timeout and send the PUT again."""
+    from pipeline import retry
+
+    store = OutputStore(f"memory://{tmp_name}")
+    real = store.fs.pipe_file
+    answered: set[str] = set()
+
+    def pipe_file(path, value, mode="overwrite", **kwargs):
+        real(path, value, mode=mode, **kwargs)
+        if path not in answered:
+            answered.add(path)
+            raise TimeoutError("read timed out (the PUT landed)")
+
+    monkeypatch.setattr(store.fs, "pipe_file", pipe_file)
+    monkeypatch.setattr(retry, "BASE_DELAY_S", 0.001)
+    return store
+
+
+def test_a_create_whose_answer_was_lost_is_still_this_writers(monkeypatch, tmp_path):
+    import pyarrow as pa
+
+    store = lost_answers_store(monkeypatch, tmp_path.name)
+    assert store.create_only(store.path("_commits", "000001.json"), b'{"attempt": 1}') is True
+    assert store.create_only(store.path("_commits", "000001.json"), b'{"attempt": 2}') is False  # another's
+    with Lease(store) as held:  # not "in use by another bulkscribe run" naming itself
+        assert json.loads(store.read_bytes(store.path("_lease.json")))["owner"] == held.owner
+        store.append_plan(pa.table({"shard": [0]}))  # no PlanConflictError
+    assert store.plan_parts() == [store.path("_plan", "part-000000.parquet")]
+
+
+def test_temporary_files_of_interrupted_writes_are_removed_by_the_next_holder(tmp_path):
+    store = OutputStore(str(tmp_path))
+    left = [tmp_path / "segments" / ".part-000001.parquet.0f3a.tmp", tmp_path / "_commits" / ".000001.json.77.tmp",
+            tmp_path / ".job.json.1.tmp"]
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a write")
+    kept = tmp_path / "segments" / "part-000001.parquet"
+    kept.write_bytes(b"a part")
+    with Lease(store):
+        pass
+    assert not any(p.exists() for p in left) and kept.read_bytes() == b"a part"
