@@ -189,10 +189,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 class Cluster:
     """`cluster/local-cluster.sh` on ports of its own, its state in `folder`."""
 
-    def __init__(self, folder: Path, env: dict[str, str]):
+    def __init__(self, folder: Path, env: dict[str, str], port_base: int):
         head_port = free_port()
         self.env = {**os.environ, **env, "BULKSCRIBE_CLUSTER_DIR": str(folder), "RAY_HEAD_PORT": str(head_port),
-                    "RAY_DASHBOARD_PORT": str(free_port()), "RAY_NODE_PORT_BASE": "40000"}
+                    "RAY_DASHBOARD_PORT": str(free_port()), "RAY_NODE_PORT_BASE": str(port_base)}
         self.address = f"127.0.0.1:{head_port}"
         self.folder = folder
 
@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3, help="worker nodes of 1 CPU at the start (default 3)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "chaos")
+    parser.add_argument("--port-base", type=int, default=40000,
+                        help="node N's ports start at PORT_BASE + 1000*N (default 40000; another chaos run at once "
+                             "needs another)")
     args = parser.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -400,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     direct = f"http://127.0.0.1:{moto_port}"
     proxy = FaultProxy(moto_port, args.seed)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="bulkscribe-chaos-")), {**CREDENTIALS, "RAY_AUTH_MODE": "token"})
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="bulkscribe-chaos-")), {**CREDENTIALS, "RAY_AUTH_MODE": "token"},
+                      args.port_base)
     try:
         deadline = time.monotonic() + 30
         while True:
