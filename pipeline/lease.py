@@ -3,8 +3,12 @@
 A run creates `OUT/_lease.json` create-only and rewrites its `heartbeat_at` every
 HEARTBEAT_S seconds from a background thread. A second run that finds a live lease
 is refused with a message naming the holder. A lease is stale, and may be taken over,
-when its heartbeat is older than TTL_S, or at once when its holder ran on this host
-and that process is gone (a killed run must not block its own resume).
+when its record has not changed for TTL_S by the taker's own clock (a lease whose
+heartbeat looks older than TTL_S is watched that long first: the holder's clock may be
+behind), or at once when its holder ran in this very process namespace of this host
+(same host name, boot and PID namespace) and that process is gone (a killed run must
+not block its own resume; two containers with one host name see each other's pids as
+dead).
 
 A run whose lease was taken over (its heartbeat stalled past TTL_S: a frozen or
 partitioned driver) must not write again: the driver checks `Lease.check()` before
@@ -59,6 +63,7 @@ class Lease:
             "purpose": self.purpose,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "processes": process_namespace(),
             "heartbeat_at": now,
             "heartbeat_iso": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
         }
@@ -70,6 +75,8 @@ class Lease:
         held = read_lease(self.store)
         if held is not None:
             reason = stale_reason(held)
+            if reason is not None and not reason.endswith("is gone"):
+                reason = self._unchanged(held, reason)
             if reason is None:
                 age = time.time() - held.get("heartbeat_at", 0)
                 raise LeaseHeldError(
@@ -82,6 +89,21 @@ class Lease:
         if not self.store.create_only(self.path, data):
             raise LeaseHeldError(f"{self.store.uri()} was just taken by another run")
         self._start_heartbeat()
+
+    def _unchanged(self, held: dict[str, Any], reason: str) -> str | None:
+        """`reason`, once the lease `held` stayed as it is for TTL_S on this clock; None as
+        soon as it changes (its holder beats: alive, whatever its clock says)."""
+        logger.info("the lease of %s looks stale (%s); watching it for %.0fs before taking it over",
+                    self.store.uri(), reason, TTL_S)
+        deadline = time.monotonic() + TTL_S
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, HEARTBEAT_S / 4))
+            now = read_lease(self.store)
+            if now is None:
+                return "released"
+            if now != held:
+                return None
+        return f"{reason}, and no change in {TTL_S:.0f}s"
 
     def _start_heartbeat(self) -> None:
         removed = self.store.remove_temporaries()
@@ -158,13 +180,26 @@ def _owned_by(held: dict[str, Any] | None, owner: str) -> bool:
 
 
 def stale_reason(held: dict[str, Any]) -> str | None:
-    """Why the lease `held` may be taken over, or None while its holder is alive."""
+    """Why the lease `held` may be taken over, or None while its holder looks alive.
+    A heartbeat that looks old ("no heartbeat for ...") is read on the holder's clock:
+    `Lease.acquire` watches the record for TTL_S before it believes it."""
+    here = process_namespace()
+    if (held.get("host") == socket.gethostname() and here != "unknown" and held.get("processes") == here
+            and not _alive(int(held.get("pid", 0)))):
+        return f"its process {held.get('pid')} on this host is gone"
     age = time.time() - float(held.get("heartbeat_at", 0))
     if age > TTL_S:
         return f"no heartbeat for {age:.0f}s"
-    if held.get("host") == socket.gethostname() and not _alive(int(held.get("pid", 0))):
-        return f"its process {held.get('pid')} on this host is gone"
     return None
+
+
+def process_namespace() -> str:
+    """This boot of this host's PID namespace: where a pid means this very process."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return "unknown"
 
 
 def _alive(pid: int) -> bool:

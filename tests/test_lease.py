@@ -24,19 +24,69 @@ def test_a_live_lease_refuses_a_second_holder(tmp_path):
     assert not (tmp_path / "_lease.json").exists()
 
 
-def test_a_lease_on_another_host_counts_until_its_heartbeat_is_stale(tmp_path):
+def test_a_lease_on_another_host_counts_until_its_heartbeat_is_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease, "TTL_S", 0.5)
     store = OutputStore(str(tmp_path))
-    _write(store, heartbeat_at=time.time() - 5)
-    with pytest.raises(LeaseHeldError, match="last heartbeat 5s ago"):
+    _write(store, heartbeat_at=time.time() - 0.1)
+    with pytest.raises(LeaseHeldError, match="last heartbeat 0s ago"):
         Lease(store).acquire()
     _write(store, heartbeat_at=time.time() - lease.TTL_S - 1)
+    with Lease(store) as held:  # after watching it unchanged for TTL_S
+        assert json.loads((tmp_path / "_lease.json").read_text())["owner"] == held.owner
+
+
+def _beating(store, stop: threading.Event, **fields) -> threading.Thread:
+    """A live holder elsewhere: its record changes every 0.05 s, whatever its clock says."""
+
+    def beat():
+        n = 0
+        while not stop.wait(0.05):
+            n += 1
+            _write(store, beat=n, **fields)
+
+    _write(store, beat=0, **fields)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_live_holder_whose_clock_is_behind_is_not_taken_over(tmp_path, monkeypatch):
+    # Its heartbeat_at reads 1000 s old here: a taker ahead of it by that much.
+    monkeypatch.setattr(lease, "TTL_S", 3.0)
+    store = OutputStore(str(tmp_path))
+    stop = threading.Event()
+    holder = _beating(store, stop, heartbeat_at=time.time() - 1000)
+    try:
+        with pytest.raises(LeaseHeldError, match="in use by another bulkscribe run"):
+            Lease(store).acquire()
+    finally:
+        stop.set()
+        holder.join()
+    assert json.loads((tmp_path / "_lease.json").read_text())["owner"] == "other"
+    # Stopped (its record no longer changes), it is taken over after TTL_S of watching.
     with Lease(store) as held:
         assert json.loads((tmp_path / "_lease.json").read_text())["owner"] == held.owner
 
 
+def test_a_holder_with_this_host_name_in_another_pid_namespace_is_not_taken_at_once(tmp_path, monkeypatch):
+    # Host-network containers share a host name: the holder's pid means nothing here.
+    monkeypatch.setattr(lease, "TTL_S", 3.0)
+    store = OutputStore(str(tmp_path))
+    stop = threading.Event()
+    holder = _beating(store, stop, host=socket.gethostname(), pid=2**22 + 12345,
+                      processes="another-boot pid:[4026531836]", heartbeat_at=time.time())
+    try:
+        assert lease.stale_reason(json.loads((tmp_path / "_lease.json").read_text())) is None
+        with pytest.raises(LeaseHeldError):
+            Lease(store).acquire()
+    finally:
+        stop.set()
+        holder.join()
+
+
 def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(tmp_path):
     store = OutputStore(str(tmp_path))
-    _write(store, host=socket.gethostname(), pid=2**22 + 12345)  # no such pid
+    _write(store, host=socket.gethostname(), pid=2**22 + 12345, processes=lease.process_namespace())  # no such pid
     assert lease.stale_reason(store.read_json(store.path("_lease.json"))).endswith("is gone")
     with Lease(store):
         pass
