@@ -276,8 +276,21 @@ def start_run(cluster: Cluster, proxy: FaultProxy, out: str, log: Path) -> subpr
 
 
 def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, minutes: float,
-          workers: int) -> tuple[collections.Counter, float, int]:
-    """The chaos run; returns the faults injected by kind, its wall time and its last exit code."""
+          workers: int, direct: str) -> tuple[collections.Counter, float, int]:
+    """The chaos run; returns the faults injected by kind, its wall time and its last exit code.
+    The driver is killed once, at its drawn time once a shard is committed, or as soon as
+    two are (a fast machine may finish a short run before the drawn time)."""
+    import s3fs
+
+    store = s3fs.S3FileSystem(endpoint_url=direct)
+
+    def committed() -> int:
+        store.invalidate_cache()
+        try:
+            return len(store.ls(out.removeprefix("s3://") + "/_commits"))
+        except FileNotFoundError:
+            return 0
+
     rng = random.Random(seed)
     span = minutes * 60
     events = sorted((rng.uniform(10, span), kind) for kind in
@@ -307,11 +320,12 @@ def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, m
             break
         if proxy.share and now > window_ends:
             proxy.share = 0.0
-        if driver_kill_at and now >= driver_kill_at and busy_actor_pids(cluster):
-            driver_kill_at = 0
-            os.killpg(run.pid, signal.SIGKILL)
-            faults["driver killed"] += 1
-            continue
+        if driver_kill_at and busy_actor_pids(cluster) and (now >= driver_kill_at or committed() >= 2):
+            if committed():
+                driver_kill_at = 0
+                os.killpg(run.pid, signal.SIGKILL)
+                faults["driver killed"] += 1
+                continue
         if events and now >= events[0][0]:
             _, kind = events.pop(0)
             alive = cluster.workers()
@@ -339,8 +353,10 @@ def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, m
                 events.append((now + rng.uniform(10, 30), "node added"))
                 events.sort()
             elif kind == "node added" and len(alive) - len(lost) <= workers:
-                while lost:
-                    cluster.clear(lost.pop())
+                dead = {p.stem for p in cluster.folder.glob("worker-*.pid")} - set(alive)  # failed to start
+                for worker in sorted(set(lost) | dead):
+                    cluster.clear(worker)
+                lost.clear()
                 try:
                     cluster("add", "1")
                     faults[kind] += 1
@@ -431,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clean run: {clean_s:.0f} s, {clean_requests} storage requests")
 
         faults, chaos_s, code = chaos(cluster, proxy, "s3://audio/out-chaos", args.work / "chaos.log",
-                                      args.seed, args.minutes, args.workers)
+                                      args.seed, args.minutes, args.workers, direct)
         print(f"chaos run: {chaos_s:.0f} s ({chaos_s / clean_s:.2f}x the clean run), exit {code}, "
               f"{proxy.requests - clean_requests} storage requests")
         if code not in (0, 3):
