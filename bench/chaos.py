@@ -61,7 +61,9 @@ CLIPS = [f"librispeech/{p.name}" for p in sorted((ROOT / "tests/data/speech/libr
     "misc/LDC93S1.wav", "misc/jfk.flac"]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
 READ_TIMEOUT_S = 10  # the clients' read timeout; a stalled request is held longer
-RUN_OPTIONS = ["--beam-size", "1", "--no-progress"]
+# Shards of half a minute of audio, as on preemptible machines: a kill costs little work,
+# and a shard is rarely hit three times (which stops a run: it is then resumed).
+RUN_OPTIONS = ["--beam-size", "1", "--shard-minutes", "0.5", "--no-progress"]
 
 STORAGE_FAULTS = ("throttled (503 SlowDown)", "server error (500)", "stalled past the read timeout",
                   "connection reset", "upload cut off", "listing slowed")
