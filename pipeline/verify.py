@@ -122,9 +122,10 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         committed_units = pc.unique(
             plan.filter(pc.is_in(plan.column("shard"), pa.array(sorted(committed), pa.int32()))).column("unit_id"))
         trusted = []
-        routes_to = _routes_to(store)
+        routes_to = None  # read from job.json only if a marker names a routed model
         for block in checked:
             for shard, models in sorted(block.routed.items()):
+                routes_to = _routes_to(store) if routes_to is None else routes_to
                 for model in sorted(models - routes_to):
                     v.problems.append(f"shard {shard}: files transcribed by model {model}, which this job does not "
                                       "route files in other languages to")
