@@ -63,33 +63,21 @@ def peak_rss_mb(out: Path) -> float:
     return max(json.loads(p.read_text())["peak_rss_mb"] for p in (out / "_commits").glob("*.json"))
 
 
-def edits(reference: list, hypothesis: list) -> int:
-    """Levenshtein distance between two sequences (of words or characters)."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        current = [i]
-        for j, h in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1]
-
-
 def cer(reference: str, hypothesis: str) -> float:
     """Character error rate over the characters that are not spaces or punctuation."""
+    import jiwer
+
     ref, hyp = (re.sub(r"[\W_]+", "", t) for t in (reference, hypothesis))
-    return edits(list(ref), list(hyp)) / max(len(ref), 1)
+    return float(jiwer.cer(ref, hyp))
 
 
 def basic_wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER with Whisper's basic (language-neutral) normalizer."""
+    import jiwer
     from whisper_normalizer.basic import BasicTextNormalizer
 
     normalize = BasicTextNormalizer()
-    errors = words = 0
-    for ref, hyp in zip(references, hypotheses):
-        r = normalize(ref).split()
-        errors += edits(r, normalize(hyp).split())
-        words += len(r)
-    return errors / max(words, 1)
+    return float(jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses]))
 
 
 def bench_routed() -> None:
