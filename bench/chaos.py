@@ -192,9 +192,11 @@ class Cluster:
     """`cluster/local-cluster.sh` on ports of its own, its state in `folder`."""
 
     def __init__(self, folder: Path, env: dict[str, str], port_base: int):
-        head_port = free_port()
+        # Below the nodes' port ranges (PORT_BASE + 1000*N onwards): a port the system
+        # hands out may lie inside one (the head's GCS took a worker port of its own node).
+        head_port, dashboard_port = port_base - 100, port_base - 98  # the head's client server takes head + 1
         self.env = {**os.environ, **env, "BULKSCRIBE_CLUSTER_DIR": str(folder), "RAY_HEAD_PORT": str(head_port),
-                    "RAY_DASHBOARD_PORT": str(free_port()), "RAY_NODE_PORT_BASE": str(port_base)}
+                    "RAY_DASHBOARD_PORT": str(dashboard_port), "RAY_NODE_PORT_BASE": str(port_base)}
         self.address = f"127.0.0.1:{head_port}"
         self.folder = folder
 
