@@ -410,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3, help="worker nodes of 1 CPU at the start (default 3)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "chaos")
-    parser.add_argument("--port-base", type=int, default=40000,
-                        help="node N's ports start at PORT_BASE + 1000*N (default 40000; another chaos run at once "
-                             "needs another)")
+    parser.add_argument("--port-base", type=int, default=12000,
+                        help="node N's ports start at PORT_BASE + 1000*N (default 12000: below the system's ephemeral "
+                             "ports, 32768 and up, where the free ports of moto and the proxy come from; another chaos "
+                             "run at once needs another)")
     args = parser.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_short_chaos_run_loses_duplicates_and_changes_nothing(tmp_path):
     done = subprocess.run([sys.executable, "bench/chaos.py", "--files", "50", "--minutes", "1.5", "--seed", "3",
-                           "--work", str(tmp_path), "--port-base", "50000"], capture_output=True, text=True, cwd=ROOT, timeout=1500)
+                           "--work", str(tmp_path), "--port-base", "24000"], capture_output=True, text=True, cwd=ROOT, timeout=1500)
     out = done.stdout
     assert done.returncode == 0, out[-5000:] + done.stderr[-3000:]
     for line in ("files lost: 0", "files duplicated: 0", "transcripts changed against the clean run: 0 of 50",
