@@ -16,7 +16,8 @@ fault-injecting proxy in this process. Two runs of the same files on the same cl
          - storage faults, in windows of 15-45 s, on a share of the requests: HTTP 503
            SlowDown (throttling), HTTP 500, a request stalled past the client's read
            timeout, a connection reset before the request is forwarded, an upload cut off
-           halfway, and listings slowed by 3-8 s;
+           halfway, listings slowed by 3-8 s, answers lost after the store acted, and
+           writes that land past the lease's time to live;
          - once, the driver is killed (SIGKILL) and the same command is run again.
 
 At the end: `bulkscribe verify` must be clean (every planned unit exactly once, no
@@ -26,10 +27,17 @@ once and their units (transcribed twice, one result discarded), wall time agains
 clean run, and files lost, duplicated or changed (the target is zero of each). Exit 1
 unless all three are zero.
 
+Two storage faults come after the store acted or would act: an answer lost after success
+(the request is forwarded, then the connection dropped: the client retries a request that
+already happened), and a write that lands late (the connection drops and the client
+retries; the proxy holds its copy of the request past the lease's time to live,
+LEASE_TTL_S, which the runs use, then sends it on: as a PUT stalled in a partition lands
+after a takeover).
+The folder is checked once every held write has landed.
+
 Requests are faulted at random within each window (threads interleave), so which request
 gets which fault differs between runs; the schedule itself, the corpus and the run
-options are the seed's. The store is never faulted after it acted on a request (an answer
-lost after success): that is a fault of its own, which the lease's fencing has to handle.
+options are the seed's.
 
     python bench/chaos.py [--files 2000] [--minutes 20] [--workers 3] [--seed 1]
 """
@@ -65,8 +73,13 @@ READ_TIMEOUT_S = 10  # the clients' read timeout; a stalled request is held long
 # and a shard is rarely hit three times (which stops a run: it is then resumed).
 RUN_OPTIONS = ["--beam-size", "1", "--shard-minutes", "0.5", "--no-progress"]
 
+# The lease's time to live in the runs (BULKSCRIBE_LEASE_TTL_S): a write held longer lands
+# after the lease it was sent under could have been taken over.
+LEASE_TTL_S = 30
+ANSWER_LOST = "answer lost after success"
+LANDS_LATE = "write landing past the lease TTL"
 STORAGE_FAULTS = ("throttled (503 SlowDown)", "server error (500)", "stalled past the read timeout",
-                  "connection reset", "upload cut off", "listing slowed")
+                  "connection reset", "upload cut off", "listing slowed", ANSWER_LOST, LANDS_LATE)
 
 
 def free_port() -> int:
@@ -94,6 +107,13 @@ class FaultProxy(http.server.ThreadingHTTPServer):
         self.share = 0.0
         self.counts: collections.Counter = collections.Counter()
         self.requests = 0
+        # Writes held to land late, not landed yet; the folder is checked once none is left.
+        self.in_flight = 0
+        self.landed = threading.Condition(self.lock)
+
+    def wait_for_late_writes(self) -> None:
+        with self.landed:
+            self.landed.wait_for(lambda: self.in_flight == 0)
 
     @property
     def endpoint(self) -> str:
@@ -106,7 +126,8 @@ class FaultProxy(http.server.ThreadingHTTPServer):
             if self.share <= 0 or self.rng.random() >= self.share:
                 return None
             kinds = [k for k in STORAGE_FAULTS
-                     if (k != "upload cut off" or has_body) and (k != "listing slowed" or listing)]
+                     if (k != "upload cut off" or has_body) and (k != "listing slowed" or listing)
+                     and (k != LANDS_LATE or method in ("PUT", "POST", "DELETE"))]
             fault = self.rng.choice(kinds)
             self.counts[fault] += 1
             return fault
@@ -164,14 +185,23 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             return self._error(500, "InternalError")
         if fault == "listing slowed":
             time.sleep(random.uniform(3, 8))
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=120)
-        try:
-            upstream.request(self.command, self.path, body=body or None, headers=headers)
-            answer = upstream.getresponse()
-            data = answer.read()
-        finally:
-            upstream.close()
+        if fault == LANDS_LATE:
+            # The connection drops and the client retries; this copy of the request is sent
+            # on once the lease it was made under could have been taken over.
+            with self.server.landed:
+                self.server.in_flight += 1
+            self._drop()
+            try:
+                time.sleep(LEASE_TTL_S + 10)
+                self._forward(body)
+            finally:
+                with self.server.landed:
+                    self.server.in_flight -= 1
+                    self.server.landed.notify_all()
+            return
+        answer, data = self._forward(body)
+        if fault == ANSWER_LOST:  # the store acted; its answer never reaches the client
+            return self._drop()
         self.send_response(answer.status, answer.reason)
         for key, value in answer.getheaders():
             if key.lower() not in ("connection", "transfer-encoding", "keep-alive", "content-length"):
@@ -181,6 +211,16 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _forward(self, body: bytes):
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=120)
+        try:
+            upstream.request(self.command, self.path, body=body or None, headers=headers)
+            answer = upstream.getresponse()
+            return answer, answer.read()
+        finally:
+            upstream.close()
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
@@ -276,7 +316,8 @@ def start_run(cluster: Cluster, proxy: FaultProxy, out: str, log: Path) -> subpr
                "--storage-option", "config_kwargs=" + json.dumps({"read_timeout": READ_TIMEOUT_S, "connect_timeout": 5}),
                *RUN_OPTIONS]
     return subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**cluster.env, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+                            env={**cluster.env, "PYTHONPATH": str(ROOT), "BULKSCRIBE_LEASE_TTL_S": str(LEASE_TTL_S)},
+                            start_new_session=True)
 
 
 def chaos(cluster: Cluster, proxy: FaultProxy, out: str, log: Path, seed: int, minutes: float,
@@ -470,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args, direct: str, faults: collections.Counter, proxy: FaultProxy, clip_of: dict[str, str],
            code: int) -> int:
     options = {"endpoint_url": direct}
+    proxy.wait_for_late_writes()  # the folder as it is once every held write has landed
     verify = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", "s3://audio/out-chaos",
                              "--reparse", "--storage-option", f"endpoint_url={direct}"],
                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -18,7 +18,7 @@ import time
 import pyarrow as pa
 
 from pipeline import models
-from pipeline.commit import ShardResult, may_write, retry_intent_path, write_parts
+from pipeline.commit import ShardResult, may_write, retry_intent_path, stage_parts
 from pipeline.config import WorkerConfig
 from pipeline.faults import gate, shard_pause
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA, FileRow, SegmentRow, plan_rows
@@ -82,6 +82,9 @@ def process_shard(
     """
     started = time.time()
     if retry_failed:
+        # The marker's version first: its replacement is conditional on it, so a retry
+        # that stalls while another run retries this shard cannot replace the newer one.
+        marker_version = store.version(store.marker_path(shard))
         kept_files, kept_segments = _rows_to_keep(store, shard)
         attempt = store.next_attempt(shard)
     else:
@@ -109,10 +112,12 @@ def process_shard(
     gate("before_parts_write")
     if not may_write(store, config, shard):
         return ShardResult.not_written(shard, attempt, len(file_rows), node)
-    marker = write_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
+    staged = stage_parts(shard, units, file_rows, segment_rows, store, config, attempt, started, node)
+    marker = staged.marker
     if not retry_failed:
-        return ShardResult.of(marker, skipped=False, committed=store.commit(shard, marker))
-    store.replace_marker(shard, marker)
+        return ShardResult.of(marker, skipped=False, committed=staged.commit(store))
+    if not staged.replace(store, marker_version):
+        return ShardResult.not_written(shard, attempt, len(file_rows), node)
     store.delete(retry_intent_path(store, shard))
     # This run transcribed the retried units only; the shard's other audio is old work.
     retried_s = sum(r.duration_s or 0.0 for r in new_files.values())

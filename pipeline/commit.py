@@ -1,9 +1,13 @@
-"""Commit protocol of one shard: both parts first, then the marker that holds their sha256.
+"""Commit protocol of one shard: stage both parts, create the marker, publish the parts.
 
-A shard's `segments` and `files` parts are written (replacing any an interrupted attempt
-left), then its marker is created create-only (`OutputStore.commit`): the first attempt
-to commit wins, and a reader trusts parts only through a marker. Parts are written only
-while the run that sent the shard still holds the folder's lease.
+An attempt writes the shard's `segments` and `files` parts under names of its own
+(`_staged/`), then creates the marker that names the attempt and holds the parts' sha256
+(`OutputStore.commit`, create-only: the first attempt to commit wins), and only then
+publishes its parts under the shard's fixed names (`OutputStore.publish`, each part
+replaced conditionally on what was there). An attempt that lost, or whose run lost the
+folder's lease while it stalled, can write nothing a reader sees: its staged parts are
+named by no marker, and its marker or publication is refused by the store. `retry-failed`
+replaces a marker conditionally on the one it read (`OutputStore.replace_if`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +27,7 @@ from pipeline.config import WorkerConfig
 from pipeline.faults import crashpoint
 from pipeline.records import CommitMarker
 from pipeline.schema import STATUSES, FileRow, SegmentRow, files_table, manifest_columns, segments_table
-from pipeline.store import OutputStore, parquet_bytes
+from pipeline.store import OutputStore, json_bytes, parquet_bytes
 from pipeline.verify import shard_problems
 
 logger = logging.getLogger(__name__)
@@ -82,7 +87,44 @@ def may_write(store: OutputStore, config: WorkerConfig, shard: int) -> bool:
     return False
 
 
-def write_parts(
+@dataclass(frozen=True)
+class Staged:
+    """Both parts of one attempt at a shard, staged, and the marker that would commit them."""
+
+    marker: CommitMarker
+    # The parts' bytes by table, for `OutputStore.publish`.
+    blobs: dict[str, bytes]
+
+    def commit(self, store: OutputStore) -> bool:
+        """Create the marker, then publish the parts; False (its staged parts removed) if
+        another attempt committed the shard first."""
+        shard = self.marker.shard
+        if not store.commit(shard, self.marker):
+            self.discard(store)
+            return False
+        crashpoint("after_marker")
+        store.publish(shard, self.marker.staged, self.blobs)
+        return True
+
+    def replace(self, store: OutputStore, expected: str | None) -> bool:
+        """`retry-failed`: replace the shard's marker, if it is still the version
+        `expected` read before the shard was transcribed again, then publish the parts.
+        False (nothing written but the staged parts, removed) when another run replaced
+        the marker meanwhile."""
+        shard = self.marker.shard
+        if store.replace_if(store.marker_path(shard), json_bytes(self.marker.to_json()), expected) is None:
+            logger.error("shard %06d: its marker was replaced by another run meanwhile; this retry is dropped", shard)
+            self.discard(store)
+            return False
+        crashpoint("after_marker")
+        return store.publish(shard, self.marker.staged, self.blobs)
+
+    def discard(self, store: OutputStore) -> None:
+        for table in self.blobs:
+            store.delete(store.staged_path(table, self.marker.shard, self.marker.staged))
+
+
+def stage_parts(
     shard: int,
     units: pa.Table,
     file_rows: list[FileRow],
@@ -92,23 +134,26 @@ def write_parts(
     attempt: int,
     started: float,
     node: str,
-) -> CommitMarker:
-    """Write both parts of `shard` (the `files` rows followed by the manifest columns of
-    its plan rows `units`); return the marker that commits them. The bytes are first
-    checked as `verify` would check them (`Part.checked`); parts that fail are written
-    all the same, unchecked, for `verify` to report."""
+) -> Staged:
+    """Stage both parts of `shard` (the `files` rows followed by the manifest columns of
+    its plan rows `units`) under names of this attempt; return them with the marker that
+    commits them. The bytes are first checked as `verify` would check them
+    (`Part.checked`); parts that fail are written all the same, unchecked, for `verify`
+    to report."""
     tables = {"segments": segments_table(segment_rows), "files": files_table(file_rows, manifest_columns(units))}
     data = {name: (parquet_bytes(table), table.num_rows) for name, table in tables.items()}
     problems = shard_problems(shard, data, units.column("unit_id").to_pylist())
     for problem in problems:
         logger.error("written as it is, for verify to report: %s", problem)
-    parts = {name: store.write_part_bytes(name, shard, blob, rows, checked=not problems)
+    token = uuid.uuid4().hex
+    parts = {name: store.stage_part(name, shard, token, blob, rows, checked=not problems)
              for name, (blob, rows) in data.items()}
     crashpoint("after_parts_write")
     finished = time.time()
     failed = [r for r in file_rows if r.status == "failed"]
-    return CommitMarker(
+    marker = CommitMarker(
         shard=shard,
+        staged=token,
         attempt=attempt,
         fingerprint=config.fingerprint,
         node=node,
@@ -130,6 +175,7 @@ def write_parts(
         wall_s=finished - started,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
+    return Staged(marker, {name: blob for name, (blob, _) in data.items()})
 
 
 def retry_intent_path(store: OutputStore, shard: int) -> str:

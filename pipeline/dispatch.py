@@ -21,6 +21,7 @@ What happens when things go wrong:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -186,7 +187,7 @@ def run_shards(
     """
     import ray
     from ray._private.state import available_resources_per_node  # a DeveloperAPI of Ray's
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     worker = ray.remote(ShardWorker)
@@ -306,6 +307,12 @@ def run_shards(
                             f"shard {shard:06d} lost its actor {losses[shard]} times (last: {exc}); "
                             "it may be what kills the actor (memory?)"
                         ) from None
+                    if isinstance(exc, ActorUnavailableError):
+                        # Unreachable, not known dead: it may still be transcribing the
+                        # shard, and commit it late (its writes are fenced, see
+                        # pipeline.commit). It is stopped, so that its CPUs come back.
+                        with contextlib.suppress(Exception):
+                            ray.kill(actor.handle)
                     logger.warning("actor %d died with shard %06d; the shard runs again", actor.number, shard)
                     queue.appendleft(shard)
                     if not pool.elastic or alive() < pool.minimum:

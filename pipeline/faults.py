@@ -26,7 +26,8 @@ GATE_ENV = "BULKSCRIBE_GATE"
 # The points, in the order a run reaches them.
 POINTS = (
     "before_plan_write",  # driver: job.json written, the plan not yet
-    "after_parts_write",  # actor: both parts of a shard written, its marker not yet
+    "after_parts_write",  # actor: both parts of a shard staged, its marker not yet
+    "after_marker",  # actor: a shard's marker written, its parts not yet published
 )
 DIEPOINTS = (
     "actor_load",  # actor: about to load its model

@@ -45,6 +45,7 @@ def run(spec: JobSpec) -> Summary:
     run_setup_hook()
     store = OutputStore(spec.output, spec.storage_options)
     store.refuse_links_out()
+    store.check_conditional_writes()
     job = store.read_job()
     spec = with_folder_options(dataclasses.replace(spec, inputs=inputs.absolute(spec.inputs)), job)
     model = models.resolve(spec.whisper.model)
@@ -80,6 +81,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
     job = store.read_job()
     if job is not None:
         check_fingerprint(job, fields)
+        _finish_interrupted_commits(store)
     results: list[ShardResult] = []
     if job is None:
         total_s = sum(plan.estimates(units))
@@ -87,7 +89,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             total_s, spec.actors.actors_for(ray_runtime.session().cpus), units.num_rows, spec.actors.streams)
         job = _new_job(spec, model, fields, shard_audio_s)
         lease.check()
-        store.write_job(job)
+        store.create_job(job)
     planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease, spec.storage_options)
     shards = sorted(set(planned.column("shard").to_pylist()))
     # In an object store, the plan's key ranges of markers listed at once, not one
@@ -114,6 +116,15 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
     return _finish_run(store, started, results, len(pending), len(shards) - len(pending), lease, logs)
 
 
+def _finish_interrupted_commits(store: OutputStore) -> None:
+    """Publish what commits cut short between marker and parts left staged, and remove
+    the staged parts of attempts that lost (`OutputStore.publish_pending`): one listing."""
+    published, removed = store.publish_pending()
+    if published or removed:
+        logger.info("published the parts of %d shard(s) whose commit was cut short; removed the staged parts of "
+                    "%d attempt(s) that lost", published, removed)
+
+
 def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any], shard_audio_s: float) -> JobRecord:
     return JobRecord(
         output=spec.output,
@@ -133,7 +144,8 @@ def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: floa
     """The saved plan plus new shards for units it does not hold yet (`units` None: the
     saved plan); long new files are split into windows (files the plan holds are not
     measured again)."""
-    planned = store.read_plan()
+    parts = store.plan_parts()
+    planned = store.read_plan(parts)
     if units is None:
         if planned is None:  # removed by hand since the check before the lease
             raise inputs.InputError(f"{store.uri()}: its plan (_plan/) is gone; run again with --rescan")
@@ -146,7 +158,7 @@ def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: floa
         added = plan.assign_shards(fresh, first, shard_audio_s)
         crashpoint("before_plan_write")
         lease.check()
-        path = store.append_plan(added)
+        path = store.append_plan(added, after=parts)
         last = int(pc.max(added.column("shard")).as_py())
         logger.info("planned %d new unit(s) as shards %d-%d in %s", fresh.num_rows, first, last, path)
         planned = added if planned is None else pa.concat_tables([planned, added], promote_options="permissive")
@@ -182,7 +194,9 @@ def retry_failed(
                    unit_timeout_s=unit_timeout_s, language_check=job.spec.get("language_check"))
     check_fingerprint(job, fingerprint_fields(whisper, model.sha256, route_sha256(spec)))
     store.refuse_links_out()
+    store.check_conditional_writes()
     with Lease(store, "retry-failed") as lease:
+        _finish_interrupted_commits(store)
         interrupted = store.shards_in("_retry", "*.json")
         markers = store.markers()
         shards = sorted({m.shard for m in markers if m.count("failed")} | interrupted)

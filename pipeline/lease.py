@@ -10,10 +10,18 @@ behind), or at once when its holder ran in this very process namespace of this h
 not block its own resume; two containers with one host name see each other's pids as
 dead).
 
+Every write of the lease is conditional on the version its writer last saw
+(`OutputStore.replace_if` and `delete_if`: `If-Match` on S3, a compare under the folder's
+lock file locally): a heartbeat or a release that stalled past a takeover is refused by
+the store when it lands, so it can neither bring the old holder back nor delete the new
+holder's lease, and two takers of one stale lease cannot both win.
+
 A run whose lease was taken over (its heartbeat stalled past TTL_S: a frozen or
-partitioned driver) must not write again: the driver checks `Lease.check()` before
-each of its writes, its actors check `holds()` before writing a shard's parts, and
-every commit marker records the holder it was written under.
+partitioned driver) stops: its next heartbeat is refused, the driver checks
+`Lease.check()` before each of its writes, and its actors check `holds()` before a
+shard's writes; what it may still have in flight is refused by the fencing of the
+writes themselves (`pipeline.store`, `pipeline.commit`). Every commit marker records
+the holder it was written under.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class Lease:
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
+        # The version (OutputStore.version) of the record this holder last wrote.
+        self._version: str | None = None
 
     def _record(self) -> dict[str, Any]:
         now = time.time()
@@ -70,10 +80,14 @@ class Lease:
 
     def acquire(self) -> None:
         data = json.dumps(self._record()).encode()
-        if self.store.create_only(self.path, data):
-            return self._start_heartbeat()
-        held = read_lease(self.store)
-        if held is not None:
+        for _ in range(3):
+            if self.store.create_only(self.path, data):
+                self._version = self.store.version(self.path)
+                return self._start_heartbeat()
+            version = self.store.version(self.path)
+            held = read_lease(self.store)
+            if held is None or version is None:
+                continue  # released meanwhile: create it again
             reason = stale_reason(held)
             if reason is not None and not reason.endswith("is gone"):
                 reason = self._unchanged(held, reason)
@@ -84,11 +98,16 @@ class Lease:
                     f"(host {held.get('host')}, pid {held.get('pid')}, last heartbeat {age:.0f}s ago). "
                     f"Wait for it to finish; a lease without a heartbeat for {TTL_S:.0f}s is taken over."
                 )
+            if reason == "released":
+                continue
             logger.warning("taking over the lease of %s: %s", self.store.uri(), reason)
-            self.store.delete(self.path)
-        if not self.store.create_only(self.path, data):
-            raise LeaseHeldError(f"{self.store.uri()} was just taken by another run")
-        self._start_heartbeat()
+            # Conditional on the record watched: of two takers, or a taker and a holder
+            # whose heartbeat lands now, one wins.
+            self._version = self.store.replace_if(self.path, data, version)
+            if self._version is None:
+                break
+            return self._start_heartbeat()
+        raise LeaseHeldError(f"{self.store.uri()} was just taken by another run")
 
     def _unchanged(self, held: dict[str, Any], reason: str) -> str | None:
         """`reason`, once the lease `held` stayed as it is for TTL_S on this clock; None as
@@ -115,13 +134,16 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                if not _owned_by(read_lease(self.store), self.owner):
-                    logger.error("the lease of %s was taken by another run; this one stops writing", self.store.uri())
-                    self._lost.set()
-                    return
-                self.store.write_json(self.path, self._record())
+                # Conditional on this holder's last record: refused once another run took over.
+                version = self.store.replace_if(self.path, json.dumps(self._record()).encode(), self._version)
             except Exception:  # a missed beat is not fatal; the next one may get through
                 logger.warning("lease heartbeat failed", exc_info=True)
+                continue
+            if version is None:
+                logger.error("the lease of %s was taken by another run; this one stops writing", self.store.uri())
+                self._lost.set()
+                return
+            self._version = version
 
     @property
     def lost(self) -> bool:
@@ -145,8 +167,9 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if _owned_by(read_lease(self.store), self.owner):
-            self.store.delete(self.path)
+        if self._version is not None and not self._lost.is_set():
+            # Conditional: a release that lands after a takeover leaves the new lease be.
+            self.store.delete_if(self.path, self._version)
 
     def __enter__(self) -> "Lease":
         self.acquire()

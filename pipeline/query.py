@@ -1,7 +1,8 @@
 """Read an output folder: pyarrow datasets and a DuckDB connection with its views.
 
 Only committed shards are read: the views list the parts whose marker exists, so a
-shard still being written (or left by a crash) never shows. Where a folder has
+shard still being written (or left by a crash) never shows; a shard committed but not
+yet published (`pipeline.commit`) is read from the staged parts its marker names. Where a folder has
 compacted copies of its parts (`pipeline.compact`), those are read instead: a few big
 files rather than one or two per shard. Any storage fsspec reaches
 works the same way (local, s3://, gs://), with no DuckDB extension to download.
@@ -14,6 +15,7 @@ works the same way (local, s3://, gs://), with no DuckDB extension to download.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -42,6 +44,8 @@ class Output:
     uniform: bool
     # Per table, the compacted files in use and the shards they hold (pipeline.compact).
     sources: dict[str, compact.Sources]
+    # Committed shards whose parts are still staged ({shard: attempt}): read from there.
+    unpublished: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @cached_property
     def segments(self) -> ds.Dataset:
@@ -85,7 +89,12 @@ class Output:
     def _parts(self, table: str) -> list[str]:
         """The files holding the committed rows of `table`: compacted files where they
         are in use, the shards' own parts for the rest."""
-        return self.sources[table].paths(self.store, table, self.committed)
+        paths = self.sources[table].paths(self.store, table, self.committed)
+        if not self.unpublished:
+            return paths
+        staged = {self.store.part_path(table, s): self.store.staged_path(table, s, a)
+                  for s, a in self.unpublished.items()}
+        return [staged.get(p, p) for p in paths]
 
 
 def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Output:
@@ -105,7 +114,8 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Outp
     plan_schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else PLAN_SCHEMA
     committed = sorted(store.committed())
     return Output(store=store, committed=committed, plan_parts=plan_parts, plan_schema=plan_schema,
-                  uniform=all(s.equals(schemas[0]) for s in schemas), sources=compact.sources(store, committed))
+                  uniform=all(s.equals(schemas[0]) for s in schemas), sources=compact.sources(store, committed),
+                  unpublished=store.unpublished(committed))
 
 
 def _dataset(store: OutputStore, paths: list[str], schema: pa.Schema) -> ds.Dataset:

@@ -71,7 +71,8 @@ class Part(_Record):
 @dataclass(frozen=True)
 class CommitMarker(_Record):
     """`_commits/NNNNNN.json`: a shard is done once its marker exists (created create-only,
-    after both parts), and its parts are then exactly the bytes whose sha256 it holds."""
+    after both parts were staged), and its parts are then exactly the bytes whose sha256
+    it holds: the staged parts of attempt `staged`, published under the shard's names."""
 
     shard: int
     attempt: int
@@ -102,6 +103,10 @@ class CommitMarker(_Record):
     finished_at: str | None = None
     # The actor process's peak resident memory when the shard was written (ffmpeg not included).
     peak_rss_mb: float | None = None
+    # The attempt whose staged parts (`_staged/TABLE/NNNNNN-ATTEMPT.parquet`) this marker
+    # commits and publishes; None in markers written before parts were staged (their
+    # parts were written in place).
+    staged: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CommitMarker":

@@ -29,17 +29,30 @@ _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status an fsspec backend attached to `exc`, if any (s3fs, gcsfs, aiohttp)."""
-    for attr in ("status", "status_code", "code"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int) and 100 <= value < 600:
-            return value
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):  # botocore ClientError
-        value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if isinstance(value, int):
-            return value
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status an fsspec backend attached to `exc` or to the error it translated
+    (s3fs raises an OSError whose cause is botocore's ClientError), if any."""
+    while exc is not None:
+        for attr in ("status", "status_code", "code"):
+            value = getattr(exc, attr, None)
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):  # botocore ClientError
+            value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(value, int):
+                return value
+        exc = exc.__cause__
+    return None
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code ("PreconditionFailed", "ConditionalRequestConflict") behind `exc`."""
+    while exc is not None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return response["Error"]["Code"]
+        exc = exc.__cause__
     return None
 
 
@@ -48,7 +61,11 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
-    status = _status(exc)
+    status = status_of(exc)
+    if status == 409 and error_code(exc) == "ConditionalRequestConflict":
+        # S3: a conditional write met another write of the key in flight; AWS says to
+        # retry it (s3fs maps it to no exception of its own: an OSError(EIO)).
+        return True
     if status is not None:
         return status in _TRANSIENT_STATUS
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:

@@ -4,7 +4,7 @@ that the query views read holding as many rows of each shard as its parts.
 
 `bulkscribe verify OUT` runs it; the fault tests run it after every scenario. The checks
 of one shard's rows (`shard_problems`) also run in the writer, on the bytes it is about
-to write (`commit.write_parts`): a part whose marker says so (`Part.checked`) and whose
+to write (`commit.stage_parts`): a part whose marker says so (`Part.checked`) and whose
 sha256 still matches is then not parsed again unless asked (`reparse`), since the same
 bytes give the same rows. Every part is still read and hashed, except on an object
 store whose listings give ETags: there a marker whose ETag is the MD5 of the index's
@@ -111,6 +111,9 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
             v.problems.append(f"marker for shard {shard}, which is not in the plan")
         for shard in sorted(planned_shards - committed):
             (v.problems if require_complete else v.notes).append(f"shard {shard} is not committed")
+        for shard in sorted(store.unpublished(committed)):
+            v.problems.append(f"shard {shard} is committed but its parts are still staged (_staged/): a commit cut "
+                              "short between its marker and its parts; the next `bulkscribe run` publishes them")
         for shard in sorted(indexed.keys() - committed):  # a marker deleted by hand, to run the shard again
             v.notes.append(f"shard {shard}: the marker index (_index/markers.parquet) holds it, but its marker "
                            "is gone, so status counts it as committed until a run writes the index again")

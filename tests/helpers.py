@@ -4,8 +4,10 @@ never from each other."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,46 @@ import numpy as np
 from pipeline import audio
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# What moto's S3 server takes for credentials (any), in the environment of its clients.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_server():
+    """A real S3 API server on loopback (moto's); yields its endpoint URL, with its
+    credentials in this process's environment meanwhile."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 # 13 real clips planned as 8 shards (the `corpus` fixture) with these options.
 FAULT_RUN_OPTIONS = ("--beam-size", "1", "--shard-minutes", "0.25", "--no-progress")

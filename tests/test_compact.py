@@ -46,7 +46,7 @@ def replace_part(folder, table: str, shard: int, new: pa.Table) -> None:
     part = store.write_part(table, shard, new)
     marker = store.read_marker(shard).to_json()
     marker["parts"][table] = part.to_json()
-    store.replace_marker(shard, CommitMarker.from_json(marker))
+    store.write_json(store.marker_path(shard), CommitMarker.from_json(marker).to_json())
     store.update_index()
 
 

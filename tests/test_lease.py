@@ -97,15 +97,16 @@ def test_the_heartbeat_moves(tmp_path, monkeypatch):
     store = OutputStore(str(tmp_path))
     beats = []
     beat = threading.Event()
-    write_json = store.write_json
+    replace_if = store.replace_if
 
-    def recording_write(path, record):
-        write_json(path, record)
-        beats.append(record["heartbeat_at"])
+    def recording_write(path, data, expected):
+        version = replace_if(path, data, expected)
+        beats.append(json.loads(data)["heartbeat_at"])
         if len(beats) >= 2:
             beat.set()
+        return version
 
-    monkeypatch.setattr(store, "write_json", recording_write)
+    monkeypatch.setattr(store, "replace_if", recording_write)
     with Lease(store):
         assert beat.wait(60), "no heartbeat was written"
         on_disk = json.loads((tmp_path / "_lease.json").read_text())["heartbeat_at"]

@@ -5,63 +5,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
-import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from tests.checks import check_output
-from tests.helpers import finish, run_ok, start
+from tests.helpers import finish, moto_server, run_ok, start
 
 pytestmark = pytest.mark.slow
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def s3(corpus):
     """A moto S3 server on loopback with the fault corpus uploaded to s3://audio/in/."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    try:
+    with moto_server() as endpoint:
         import s3fs
 
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
         fs = s3fs.S3FileSystem(endpoint_url=endpoint)
         fs.mkdir("audio")
         for clip in sorted(corpus.iterdir()):
             fs.put_file(str(clip), f"audio/in/{clip.name}")
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_s3_in_and_out_resumes_exactly_once(s3, reference):

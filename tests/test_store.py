@@ -165,7 +165,8 @@ def test_the_index_is_written_again_only_when_it_differs_from_the_markers(tmp_pa
         store.commit(shard, _marker(shard, "first"))
     writes = []
     write_index = store.write_index
-    monkeypatch.setattr(store, "write_index", lambda markers: writes.append(len(markers)) or write_index(markers))
+    monkeypatch.setattr(store, "write_index",
+                        lambda markers, *a, **k: writes.append(len(markers)) or write_index(markers, *a, **k))
     checks = []
     assert [m.shard for m in store.update_index(before_write=lambda: checks.append(1))] == [0, 1, 2]
     assert writes == [3] and checks == [1]

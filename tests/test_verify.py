@@ -202,7 +202,7 @@ def test_the_writer_leaves_parts_it_finds_wrong_unchecked(tmp_path, caplog):
     with the problem logged, so verify parses and reports it."""
     import types
 
-    from pipeline.commit import write_parts
+    from pipeline.commit import stage_parts
     from pipeline.schema import FileRow, SegmentRow
 
     store = OutputStore(str(tmp_path / "out"))
@@ -210,9 +210,9 @@ def test_the_writer_leaves_parts_it_finds_wrong_unchecked(tmp_path, caplog):
     file_row = FileRow(unit_id="u1", uri="/a.wav", shard=0, status="ok", segments=2)
     segment = SegmentRow(unit_id="u1", uri="/a.wav", shard=0, segment=0, start=0.0, end=1.0, text=" hi")
     config = types.SimpleNamespace(fingerprint="f", lease_owner=None, model_name="tiny.en")
-    good = write_parts(0, units, [file_row], [segment, dataclasses.replace(segment, segment=1)], store, config,
-                       1, 0.0, "node")
+    good = stage_parts(0, units, [file_row], [segment, dataclasses.replace(segment, segment=1)], store, config,
+                       1, 0.0, "node").marker
     assert all(p.checked for p in good.parts.values()) and not caplog.records
-    bad = write_parts(0, units, [file_row], [segment, segment], store, config, 1, 0.0, "node")
+    bad = stage_parts(0, units, [file_row], [segment, segment], store, config, 1, 0.0, "node").marker
     assert not any(p.checked for p in bad.parts.values())
     assert "segment 0 of unit u1 appears 2 times" in caplog.text
