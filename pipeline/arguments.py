@@ -135,6 +135,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "again with the --language-check model, in their own language (default when it is "
                         "installed; kept by reruns); 'flag' keeps the English model's text, flagged "
                         "language_mismatch")
+    g.add_argument("--channels", choices=["mix", "split"],
+                   help="'split': transcribe each channel of a multi-channel file on its own (stereo call "
+                        "recordings: who said what, overlaps kept; a `channel` column; dual mono transcribed "
+                        "once); 'mix' (default): mix every file down to mono")
     p.add_argument("--language-check", default="base", metavar="MODEL",
                    help="with an English-only model, a multilingual model that names the language of doubtful "
                         "transcripts, and transcribes those in another language (--other-languages) "
@@ -185,7 +189,7 @@ def add_resource_arguments(p: argparse.ArgumentParser) -> None:
 
 # The decoding options of the command line, as WhisperOptions fields.
 WHISPER_ARGUMENTS = ("model", "compute_type", "beam_size", "language", "task", "vad", "word_timestamps",
-                     "other_languages")
+                     "other_languages", "channels")
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:

@@ -101,8 +101,10 @@ def decode(
     end_s: float | None = None,
     storage_options: dict | None = None,
     timeout_s: float | None = None,
+    channel: int | None = None,
 ) -> Decoded:
-    """Decode `[start_s, end_s)` of `uri` to 16 kHz mono float32.
+    """Decode `[start_s, end_s)` of `uri` to 16 kHz mono float32: all its channels mixed
+    down, or only `channel` (0 for the first).
 
     Local files are read by ffmpeg in place. Other URLs are first copied, in chunks,
     to a local temporary file (containers such as mp4 keep their index at the end and
@@ -126,16 +128,16 @@ def decode(
         with open(path, "rb") as f:
             if not f.read(1):
                 raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
-        return _run_ffmpeg(path, start_s, end_s, timeout_s)
+        return _run_ffmpeg(path, start_s, end_s, timeout_s, channel)
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     info = retry(lambda: fs.info(path), f"stat {uri}")
     if info.get("size") == 0:
         raise DecodeError("empty_file", f"{uri} is empty (0 bytes)")
     suffix = posixpath.splitext(path)[1]
-    if start_s > 0 or end_s is not None:
-        # A window (or the stretch around a seam) of a long remote file: its other
-        # windows and seams will want the same bytes.
-        return _run_ffmpeg(cached_copy(fs, path, uri, info), start_s, end_s, timeout_s)
+    if start_s > 0 or end_s is not None or channel is not None:
+        # A window (or the stretch around a seam) of a long remote file, or one of its
+        # channels: its other windows, seams and channels will want the same bytes.
+        return _run_ffmpeg(cached_copy(fs, path, uri, info), start_s, end_s, timeout_s, channel)
     with tempfile.NamedTemporaryFile(prefix="bulkscribe-", suffix=suffix) as tmp:
         _download(fs, path, uri, tmp)
         return _run_ffmpeg(tmp.name, start_s, end_s, timeout_s)
@@ -225,6 +227,41 @@ def probe_duration(uri: str, timeout_s: float | None = 60.0) -> float | None:
     return _container_seconds(done.stderr.decode("utf-8", "replace"))
 
 
+# "Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 8000 Hz, stereo, s16, 256 kb/s"
+_AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: .*?, \d+ Hz, ([^,]+)")
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6,
+                    "6.1": 7, "7.1": 8, "downmix": 2}
+
+
+def channels_in(stderr: str) -> int | None:
+    """The channel count of the first audio stream in ffmpeg's description of a file
+    (`ffmpeg -i`): "mono", "stereo", "5.1(side)", "3 channels", ..."""
+    match = _AUDIO_STREAM.search(stderr)
+    if match is None:
+        return None
+    layout = match.group(1).strip()
+    if (counted := re.match(r"(\d+) channels", layout)) is not None:
+        return int(counted.group(1))
+    return _LAYOUT_CHANNELS.get(layout.split("(")[0])
+
+
+def probe_channels(path: str, timeout_s: float | None = 60.0) -> int | None:
+    """How many channels the first audio stream of local file `path` has (ffmpeg reads
+    its header), or None if it cannot tell."""
+    try:
+        done = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _ffmpeg_source(path)],
+                              capture_output=True, timeout=timeout_s, check=False)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    return channels_in(done.stderr.decode("utf-8", "replace"))
+
+
+def same_signal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two decoded channels carry the same signal (dual mono): equal length, and
+    no sample apart by more than two steps of 16 bits (resampling rounds alike)."""
+    return len(a) == len(b) and (len(a) == 0 or float(np.max(np.abs(a - b))) <= 2 / 32768)
+
+
 def _ffmpeg_source(path: str) -> str | bytes:
     """`path` as ffmpeg's input argument: behind `file:`, so that a leading `-` or a `:`
     stays part of the name; as bytes when it is not UTF-8 (ffmpeg-python hashes str
@@ -262,7 +299,8 @@ def _not_what_its_name_says(path: str) -> str | None:
     return f"not a {suffix[1:].upper()} file: it does not start with a {suffix[1:].upper()} header"
 
 
-def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float | None) -> Decoded:
+def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float | None,
+                channel: int | None = None) -> Decoded:
     import ffmpeg
 
     input_args = {}
@@ -270,12 +308,15 @@ def _run_ffmpeg(path: str, start_s: float, end_s: float | None, timeout_s: float
         input_args["ss"] = f"{start_s:.3f}"
     if end_s is not None:
         input_args["t"] = f"{end_s - start_s:.3f}"
+    # One channel as it is (ffmpeg's pan filter), or every channel mixed down by `-ac 1`.
+    pick = {} if channel is None else {"af": f"pan=mono|c0=c{channel}"}
     stream = (
         ffmpeg.input(_ffmpeg_source(path), **input_args)
         # 16-bit samples, scaled as faster-whisper's own decode_audio scales them: float
         # output differs by half a step of 16 bits, and that alone changed a word of an
         # 8 kHz call ("she called" -> "he called") against faster-whisper run by hand.
-        .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None)
+        .output("pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, dn=None,
+                **pick)
         # level+info: every line tagged with its level, and the container's Duration line.
         .global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-threads", "1")
     )

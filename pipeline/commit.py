@@ -166,7 +166,7 @@ def stage_parts(
         error_examples={r.error_type: f"{r.uri}: {r.error_message}" for r in reversed(failed)},
         decode_warnings=sum(r.decode_warning is not None for r in file_rows),
         languages=dict(Counter(r.language if r.model == config.model_name else f"{r.language} {r.model}"
-                               for r in file_rows if r.status == "ok")),
+                               for r in file_rows if r.status == "ok" and r.language is not None)),
         audio_s=sum(r.duration_s or 0.0 for r in file_rows),
         decode_s=sum(r.decode_s or 0.0 for r in file_rows),
         transcribe_s=sum(r.transcribe_s or 0.0 for r in file_rows),

@@ -14,6 +14,7 @@ from typing import Any
 COMPUTE_TYPES = ("int8", "int8_float32", "int16", "float32", "default", "auto")
 TASKS = ("transcribe", "translate")
 OTHER_LANGUAGES = ("route", "flag")
+CHANNELS = ("mix", "split")
 MIN_WINDOW_S = 60.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # Streams an actor transcribes at once (bench/README.md, "Batching across files").
@@ -59,6 +60,12 @@ class WhisperOptions:
     # give the file); "flag", kept as the English model wrote it, flagged
     # language_mismatch. Folders made before this option existed are "flag".
     other_languages: str = "route"
+    # "mix": every file mixed down to mono (what Whisper itself does); "split": each
+    # channel of a multi-channel file is a unit of its own (`pipeline.channels`: a call
+    # recorder's agent and customer), a channel that repeats channel 0 (dual mono)
+    # transcribed once. Left out of the fingerprint when "mix", as folders made before
+    # the option existed mixed.
+    channels: str = "mix"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -79,6 +86,8 @@ class WhisperOptions:
             )
         if self.other_languages not in OTHER_LANGUAGES:
             raise ValueError(f"other_languages must be one of {', '.join(OTHER_LANGUAGES)}, got {self.other_languages!r}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {', '.join(CHANNELS)}, got {self.channels!r}")
         if self.unit_logprob_threshold >= 0:
             raise ValueError(f"unit_logprob_threshold must be < 0, got {self.unit_logprob_threshold}")
         object.__setattr__(self, "temperature", tuple(float(t) for t in self.temperature))
@@ -282,11 +291,14 @@ class WorkerConfig:
 def fingerprint_fields(options: WhisperOptions, model_sha256: str, route_sha256: str | None = None) -> dict[str, Any]:
     """The options that change the transcript, with the model's identity, and with
     routing, the identity of the model files in other languages are routed to.
-    `other_languages="flag"` is left out: the fingerprints of folders made before the
-    option existed (which flagged) stay what they were."""
+    `other_languages="flag"` and `channels="mix"` are left out: the fingerprints of
+    folders made before those options existed (which flagged, and mixed) stay what they
+    were."""
     fields = dataclasses.asdict(options)
     fields["temperature"] = list(options.temperature)
     fields["model_sha256"] = model_sha256
+    if options.channels == "mix":
+        del fields["channels"]
     if options.other_languages == "flag":
         del fields["other_languages"]
     else:

@@ -62,7 +62,7 @@ def remote_durations(uris: list[str], sizes: list[int], storage_options: dict | 
     def one(item: tuple[str, int]) -> float | None:
         uri, size = item
         try:
-            return duration(_reader(uri, storage_options), size, uri)
+            return duration(header_reader(uri, storage_options), size, uri)
         except Exception as exc:  # unreadable here: the actor reports it, if it is
             logger.debug("no duration from the header of %s: %s", uri, exc)
             return None
@@ -89,7 +89,8 @@ def local_duration(path: str) -> float | None:
         return None
 
 
-def _reader(uri: str, storage_options: dict | None) -> Reader:
+def header_reader(uri: str, storage_options: dict | None) -> Reader:
+    """Reads of byte ranges of remote `uri`, retried (a web server's file: from its start)."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if {"http", "https"} & set(protocols):

@@ -33,26 +33,44 @@ def _cue_text(text: str) -> str:
     return text.strip().replace("-->", "->")
 
 
+def channel_label(channel: int | None) -> str | None:
+    """How a channel is named in subtitles and text: "channel 0", "channel 1", ...
+    (the `channel` column's numbers); None for a mixdown."""
+    return None if channel is None else f"channel {channel}"
+
+
 def render(fmt: str, segments: list[dict[str, Any]], unit: dict[str, Any]) -> str:
-    """The text of one unit's transcript in `fmt`; `segments` in order, `unit` its files row."""
+    """The text of one unit's transcript in `fmt`; `segments` in order, `unit` its files row.
+    Segments of a file transcribed channel by channel (`channel` not null) come in time
+    order, each labelled with its channel: a conversation, speaker by speaker."""
+    labels = [channel_label(s.get("channel")) for s in segments]
     if fmt == "srt":
         return "".join(
             f"{i}\n{format_timestamp(s['start'], True, ',')} --> {format_timestamp(s['end'], True, ',')}\n"
-            f"{_cue_text(s['text'])}\n\n"
-            for i, s in enumerate(segments, start=1)
+            f"{f'[{label}] ' if label else ''}{_cue_text(s['text'])}\n\n"
+            for i, (s, label) in enumerate(zip(segments, labels), start=1)
         )
     if fmt == "vtt":
+        # WebVTT's voice span names the speaker: players show it, and style it per voice.
         return "WEBVTT\n\n" + "".join(
-            f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n{_cue_text(s['text'])}\n\n"
-            for s in segments
+            f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n"
+            f"{f'<v {label}>' if label else ''}{_cue_text(s['text'])}\n\n"
+            for s, label in zip(segments, labels)
         )
     if fmt == "txt":
-        return "".join(f"{s['text'].strip()}\n" for s in segments)
+        # A conversation reads in time order, each line with its time and channel.
+        return "".join((f"[{format_timestamp(s['start'])}] {label}: " if label else "") + s["text"].strip() + "\n"
+                       for s, label in zip(segments, labels))
     if fmt == "tsv":
-        return "start\tend\ttext\n" + "".join(
-            f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
-            for s in segments
-        )
+        split = any(labels)
+
+        def line(s: dict[str, Any]) -> str:
+            cells = [str(round(1000 * s["start"])), str(round(1000 * s["end"]))]
+            if split:
+                cells.append("" if s.get("channel") is None else str(s["channel"]))
+            return "\t".join([*cells, s["text"].strip().replace("\t", " ")]) + "\n"
+
+        return ("start\tend\tchannel\ttext\n" if split else "start\tend\ttext\n") + "".join(map(line, segments))
     if fmt == "json":
         return json.dumps(
             {
@@ -62,8 +80,9 @@ def render(fmt: str, segments: list[dict[str, Any]], unit: dict[str, Any]) -> st
                 "status": unit.get("status"),
                 "text": " ".join(s["text"].strip() for s in segments),
                 "segments": [
-                    {k: s[k] for k in ("segment", "start", "end", "text", "avg_logprob", "no_speech_prob",
-                                       "compression_ratio", "temperature", "words") if k in s}
+                    {k: s[k] for k in ("segment", "channel", "start", "end", "text", "avg_logprob", "no_speech_prob",
+                                       "compression_ratio", "temperature", "words")
+                     if k in s and (k != "channel" or s[k] is not None)}
                     for s in segments
                 ],
             },
@@ -113,9 +132,11 @@ def export(output, fmt: str, to: str, where: str | None = None) -> list[str]:
     segments: dict[str, list[dict[str, Any]]] = {u["uri"]: [] for u in units}
     if units:
         # A long file split into windows has a unit per window: its segments join up in time.
+        # And a file transcribed channel by channel has a unit per channel: its segments
+        # interleave in time, each labelled with its channel.
         rows = output.sql(
             "select * from segments where unit_id in (select unit_id from files "
-            f"{condition}) order by uri, start, segment"
+            f"{condition}) order by uri, start, channel, segment"
         ).to_arrow_table().to_pylist()
         for row in rows:
             segments[row["uri"]].append(row)
@@ -125,7 +146,8 @@ def export(output, fmt: str, to: str, where: str | None = None) -> list[str]:
         if seen is None:
             files[unit["uri"]] = dict(unit)
         else:
-            seen["duration_s"] = (seen["duration_s"] or 0.0) + (unit["duration_s"] or 0.0)
+            if unit.get("channel") in (None, 0):  # the channels of one stretch last as long as each other
+                seen["duration_s"] = (seen["duration_s"] or 0.0) + (unit["duration_s"] or 0.0)
             seen["language"] = seen["language"] or unit["language"]
             if seen["status"] != unit["status"]:
                 seen["status"] = "failed" if "failed" in (seen["status"], unit["status"]) else "ok"

@@ -45,9 +45,12 @@ class InputError(ValueError):
     """An input names nothing, or a manifest is malformed."""
 
 
-def unit_id(uri: str, start_s: float = 0.0, end_s: float | None = None) -> str:
-    """A stable id for the window `[start_s, end_s)` of `uri`: the same input, the same id."""
+def unit_id(uri: str, start_s: float = 0.0, end_s: float | None = None, channel: int | None = None) -> str:
+    """A stable id for the window `[start_s, end_s)` of `uri` (of one `channel` of it, or
+    all mixed down): the same input, the same id."""
     key = f"{uri}\x00{start_s:.3f}\x00{'' if end_s is None else f'{end_s:.3f}'}"
+    if channel is not None:
+        key += f"\x00channel {channel}"
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 

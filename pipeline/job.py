@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import compact, inputs, models, plan, windows
+from pipeline import channels, compact, inputs, models, plan, windows
 from pipeline.languages import check_language, language_check_model, route_sha256, settle_other_languages
 from pipeline.faults import DRIVER_PID_ENV, crashpoint
 from pipeline.lease import Lease, LeaseLostError
@@ -90,7 +90,8 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         job = _new_job(spec, model, fields, shard_audio_s)
         lease.check()
         store.create_job(job)
-    planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease, spec.storage_options)
+    planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease, spec.storage_options,
+                           split_channels=spec.whisper.channels == "split")
     shards = sorted(set(planned.column("shard").to_pylist()))
     # In an object store, the plan's key ranges of markers listed at once, not one
     # listing of 100 pages in sequence for 10^5 markers.
@@ -140,10 +141,11 @@ def _new_job(spec: JobSpec, model: models.ResolvedModel, fields: dict[str, Any],
 
 
 def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: float, window_s: float | None,
-                 lease: Lease, storage_options: dict[str, Any] | None) -> pa.Table:
+                 lease: Lease, storage_options: dict[str, Any] | None, *, split_channels: bool = False) -> pa.Table:
     """The saved plan plus new shards for units it does not hold yet (`units` None: the
     saved plan); long new files are split into windows (files the plan holds are not
-    measured again)."""
+    measured again), and with `split_channels` each unit of a multi-channel file into
+    one per channel (`pipeline.channels`)."""
     parts = store.plan_parts()
     planned = store.read_plan(parts)
     if units is None:
@@ -152,6 +154,8 @@ def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: floa
         return planned
     fresh = plan.new_units(units, planned, by_uri=True)
     fresh = windows.split_long(fresh, window_s, storage_options=storage_options)
+    if split_channels:
+        fresh = channels.split_channels(fresh, storage_options)
     fresh = plan.new_units(fresh, planned)
     if fresh.num_rows:
         first = plan.next_shard(planned)

@@ -22,9 +22,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from pipeline import compact
-from pipeline.schema import PLAN_SCHEMA, SEGMENTS_SCHEMA, files_schema
+from pipeline.schema import FILES_SCHEMA, PLAN_SCHEMA, SEGMENTS_SCHEMA, files_schema
 from pipeline.store import OutputStore
 
 VIEWS = ("segments", "files", "plan")
@@ -75,9 +76,13 @@ class Output:
             paths = self.plan_parts if name == "plan" else self._parts(name)
             if self.store.local and paths:
                 # Parts of differing columns are matched by name, which costs DuckDB a
-                # read of every footer first: only when the plan parts differ.
-                by_name = name == "plan" or (name == "files" and not self.uniform)
-                con.read_parquet(paths, union_by_name=by_name).create_view(name)
+                # read of every footer first: only when the plan parts differ, or the
+                # oldest and newest parts do (a folder written before a column existed).
+                by_name = name == "plan" or (name == "files" and not self.uniform) or _columns_differ(paths)
+                relation = con.read_parquet(paths, union_by_name=by_name)
+                if name != "plan":
+                    relation = _with_columns_of(relation, SEGMENTS_SCHEMA if name == "segments" else FILES_SCHEMA)
+                relation.create_view(name)
             else:
                 con.register(name, getattr(self, name))
         return con
@@ -116,6 +121,24 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Outp
     return Output(store=store, committed=committed, plan_parts=plan_parts, plan_schema=plan_schema,
                   uniform=all(s.equals(schemas[0]) for s in schemas), sources=compact.sources(store, committed),
                   unpublished=store.unpublished(committed))
+
+
+def _columns_differ(paths: list[str]) -> bool:
+    """Whether the first and last of local Parquet `paths` have other columns (two footers)."""
+    return len(paths) > 1 and pq.read_schema(paths[0]).names != pq.read_schema(paths[-1]).names
+
+
+# DuckDB's names of the Arrow types of columns added since the first output folders.
+_DUCKDB_TYPES = {pa.int16(): "SMALLINT"}
+
+
+def _with_columns_of(relation, schema: pa.Schema):
+    """`relation` with the columns of `schema` that none of its parts has (all written
+    before the column existed) as nulls, so that a query naming them runs."""
+    missing = [f for f in schema if f.name not in relation.columns and f.type in _DUCKDB_TYPES]
+    if not missing:
+        return relation
+    return relation.project(", ".join(["*"] + [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in missing]))
 
 
 def _dataset(store: OutputStore, paths: list[str], schema: pa.Schema) -> ds.Dataset:

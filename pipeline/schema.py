@@ -6,7 +6,8 @@ reserved column names and the rows the actors build all derive from these classe
 new column is added here and nowhere else.
 
 A unit is a whole file, or one window of a long file that the planner split
-(`start_s`, `end_s`); segment times are always seconds from the start of the file.
+(`start_s`, `end_s`), mixed down to mono or, with `--channels split`, one channel of it
+(`channel`); segment times are always seconds from the start of the file.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class SegmentRow:
     language: str | None = _column(pa.string())
     # {start, end, word, probability} per word, with --word-timestamps; else null.
     words: list[dict[str, Any]] | None = _column(pa.list_(WORD_TYPE))
+    # The channel (0 for the first) whose speech this is, with --channels split; null
+    # for a mixdown (and in folders written before the column existed).
+    channel: int | None = _column(pa.int16())
 
 
 @dataclass
@@ -99,6 +103,12 @@ class FileRow:
     compute_type: str | None = _column(pa.string())
     cpu_threads: int | None = _column(pa.int32())
     finished_at: datetime | None = _column(pa.timestamp("ms", tz="UTC"))
+    # The channel this unit is (0 for the first), with --channels split: a file of N
+    # channels has N rows, keyed (uri, start_s, channel); null for a mixdown.
+    channel: int | None = _column(pa.int16())
+    # 0 when this channel carries the same signal as channel 0 (dual mono): it is `ok`
+    # and not transcribed again (no segments of its own); else null.
+    same_as_channel: int | None = _column(pa.int16())
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,8 @@ class PlanRow:
     duration_s: float | None = _column(pa.float64())
     # A window of a long file (pipeline.windows): its seams are moved to silence.
     split: bool = _column(pa.bool_(), False)
+    # One channel of the file (pipeline.channels, --channels split); null: mixed to mono.
+    channel: int | None = _column(pa.int16())
 
 
 SEGMENTS_SCHEMA = arrow_schema(SegmentRow)

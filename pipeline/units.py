@@ -1,9 +1,10 @@
 """A shard's units, decoded ahead and transcribed several at once into rows.
 
-For every unit (a file, or a window of a long file) this yields its `files` row and its
-`segments` rows (`pipeline.schema`). Every failure that belongs to one file (missing,
-unreadable, not audio, no audio stream, rejected by the model, over its time limit)
-becomes a `failed` row with its type and message; anything else is a bug and raises.
+For every unit (a file, a window of a long file, or one channel of either) this yields
+its `files` row and its `segments` rows (`pipeline.schema`). Every failure that belongs
+to one file (missing, unreadable, not audio, no audio stream, rejected by the model,
+over its time limit) becomes a `failed` row with its type and message; anything else is
+a bug and raises.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def new_row(unit: PlanRow, config: WorkerConfig, attempt: int, node: str) -> Fil
         model=config.model_name,
         compute_type=config.whisper.compute_type,
         cpu_threads=config.threads,
+        channel=unit.channel,
     )
 
 
@@ -114,7 +116,12 @@ def decode_window(
         if unit.split:
             row.start_s, row.end_s = windows.cut(unit.uri, row.start_s, row.end_s, config.storage_options, timeout_s)
         decoded = audio.decode(unit.uri, start_s=row.start_s, end_s=row.end_s,
-                               storage_options=config.storage_options, timeout_s=timeout_s)
+                               storage_options=config.storage_options, timeout_s=timeout_s, channel=unit.channel)
+        if unit.channel:  # dual mono: a channel that repeats channel 0 is not transcribed twice
+            first = audio.decode(unit.uri, start_s=row.start_s, end_s=row.end_s,
+                                 storage_options=config.storage_options, timeout_s=timeout_s, channel=0)
+            if audio.same_signal(decoded.samples, first.samples):
+                row.same_as_channel = 0
     except audio.DecodeError as exc:
         return unit, _failed(row, exc.error_type, str(exc), started), None
     except FileNotFoundError as exc:
@@ -134,6 +141,8 @@ def decode_window(
     row.decode_warning = decoded.warning
     if len(decoded.samples) == 0:
         return unit, _finish(row, "no_speech"), None
+    if row.same_as_channel is not None:
+        return unit, _finish(row, "ok"), None  # its transcript is channel 0's
     return unit, row, decoded
 
 
@@ -205,6 +214,7 @@ def transcript_rows(row: FileRow, transcript: Transcript, config: WorkerConfig, 
             compression_ratio=s.compression_ratio,
             temperature=s.temperature,
             language=transcript.language,
+            channel=row.channel,
             words=None if s.words is None else [
                 {"start": round(offset + w.start, 3), "end": round(offset + w.end, 3), "word": w.word,
                  "probability": w.probability}

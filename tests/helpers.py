@@ -134,10 +134,19 @@ def reading_wav(folder: Path, speech_dir: Path, seconds: float) -> tuple[Path, s
         n += len(samples) + len(pause)
         i += 1
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "reading.wav"
-    with wave.open(str(target), "wb") as w:
-        w.setnchannels(1)
+    return write_wav(folder / "reading.wav", np.concatenate(parts)), " ".join(texts)
+
+
+def write_wav(path: Path, *channels: np.ndarray) -> Path:
+    """A 16 kHz 16-bit WAV with one channel per array of samples in [-1, 1] (shorter ones
+    padded with silence)."""
+    n = max(len(c) for c in channels)
+    frames = np.zeros((n, len(channels)), "<i2")
+    for i, c in enumerate(channels):
+        frames[: len(c), i] = (np.clip(c, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(len(channels))
         w.setsampwidth(2)
         w.setframerate(audio.SAMPLE_RATE)
-        w.writeframes((np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes())
-    return target, " ".join(texts)
+        w.writeframes(frames.tobytes())
+    return path

@@ -126,12 +126,22 @@ def test_a_rerun_takes_the_folders_options_where_none_is_given():
     assert with_folder_options(open_rerun, None).whisper == WhisperOptions()
 
 
+def test_mixing_down_keeps_the_fingerprint_and_splitting_channels_changes_it():
+    mixed = fingerprint_fields(WhisperOptions(), "sha")
+    assert "channels" not in mixed  # folders made before the option: their fingerprint stays
+    split = fingerprint_fields(WhisperOptions(channels="split"), "sha")
+    assert split["channels"] == "split" and fingerprint(split) != fingerprint(mixed)
+    with pytest.raises(ValueError, match="channels must be one of mix, split"):
+        WhisperOptions(channels="stereo")
+
+
 def test_folders_made_before_routing_keep_their_fingerprint_and_flag():
     from pipeline.records import JobRecord
     from pipeline.resume import folder_options
 
     old_fields = dataclasses.asdict(WhisperOptions())
     old_fields.pop("other_languages")  # what an older bulkscribe recorded
+    old_fields.pop("channels")
     old_fields["temperature"] = list(old_fields["temperature"])
     old_fields["model_sha256"] = "sha"
     job = JobRecord(output="out", created_at="", spec={}, fingerprint=fingerprint(old_fields),

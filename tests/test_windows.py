@@ -182,6 +182,8 @@ def test_export_joins_the_windows_of_a_file(tmp_path):
                 "('u1', '/a/long.wav', 0, 0.5, 29.0, 'first', -0.2, 0.01), "
                 "('u3', '/a/short.wav', 0, 0.1, 4.0, 'alone', -0.2, 0.01)) "
                 "t(unit_id, uri, segment, start, \"end\", text, avg_logprob, no_speech_prob)")
+            for table in ("files", "segments"):  # mixed down: no channel
+                self.con.execute(f"alter table {table} add column channel smallint")
 
         def sql(self, query):
             return self.con.sql(query)
