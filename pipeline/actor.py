@@ -89,7 +89,9 @@ def process_shard(
         attempt = store.next_attempt(shard)
     else:
         if (marker := store.read_marker(shard)) is not None:
-            # At-least-once execution: an earlier attempt already committed this shard.
+            # At-least-once execution: an earlier attempt already committed this shard
+            # (and if it was stopped before publishing its parts, they are published now).
+            store.finish_publication(shard, marker)
             return ShardResult.of(marker, skipped=True)
         kept_files, kept_segments = {}, []
         attempt = store.next_attempt(shard, {"node": node, "pid": os.getpid()})
@@ -108,6 +110,7 @@ def process_shard(
     if not retry_failed and (marker := store.read_marker(shard)) is not None:
         # Another attempt (a retry while this one was thought lost) committed meanwhile:
         # leave its parts alone rather than replace them with equivalent ones.
+        store.finish_publication(shard, marker)
         return ShardResult.of(marker, skipped=True)
     gate("before_parts_write")
     if not may_write(store, config, shard):

@@ -103,7 +103,7 @@ class Staged:
             self.discard(store)
             return False
         crashpoint("after_marker")
-        store.publish(shard, self.marker.staged, self.blobs)
+        store.publish(shard, self.marker.staged, self.blobs, first=True)
         return True
 
     def replace(self, store: OutputStore, expected: str | None) -> bool:

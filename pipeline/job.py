@@ -260,6 +260,9 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
             nodes=len({r.node.split("/")[-1] for r in results if not r.skipped}),
         )
     )
+    # An actor stopped between a shard's marker and its parts may leave them staged
+    # when no other attempt of the shard followed (its result was already counted).
+    _finish_interrupted_commits(store)
     markers = store.update_index(before_write=lease.check)
     _compact(store, markers, lease)
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s, markers=markers)

@@ -495,21 +495,33 @@ class OutputStore:
         return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked,
                     md5=hashlib.md5(data).hexdigest())
 
-    def publish(self, shard: int, attempt: str, parts: dict[str, bytes]) -> bool:
+    def publish(self, shard: int, attempt: str, parts: dict[str, bytes], *, first: bool = False) -> bool:
         """Make the shard's parts (`segments/part-NNNNNN.parquet`, `files/...`) hold
         `parts`, the staged parts of `attempt`, then remove the staged copies. Each part
         is replaced conditionally (`replace_if`) on the version read before the marker
         was found naming `attempt`: a publisher that stalled while a newer marker (of
         `retry-failed`) was written and published finds its write refused, whenever it
         lands. Returns False, publishing nothing more, once the marker names another
-        attempt: this writer is stale."""
+        attempt: this writer is stale.
+
+        `first`: the caller has just created the shard's first marker. Its parts are then
+        created create-only without reading anything first (the marker it made was seen
+        before), and only a part found there already goes the long way."""
         digests = {t: hashlib.md5(data).hexdigest() for t, data in parts.items()}
-        for _ in range(100):
+        if first:
+            parts = {t: data for t, data in parts.items()
+                     if self.replace_if(self.part_path(t, shard), data, None) is None}
+        for tries in range(101):
+            if not parts:
+                break
+            if tries == 100:
+                raise RuntimeError(f"shard {shard}: its parts were replaced by others 100 times while this run "
+                                   "published them")
             # The versions first, then the marker: a replacement conditional on a version
             # read before the marker was seen naming this attempt.
             versions = {t: self.version(self.part_path(t, shard)) for t in parts}
-            todo = [t for t in parts if versions[t] != digests[t]]
-            if not todo:
+            parts = {t: data for t, data in parts.items() if versions[t] != digests[t]}
+            if not parts:
                 break
             marker = self.read_marker(shard)
             if marker is None or marker.staged != attempt:
@@ -517,12 +529,9 @@ class OutputStore:
                 return False
             # Each part stays as it is unless another publisher of the shard went first:
             # then look again.
-            if all([self.replace_if(self.part_path(t, shard), parts[t], versions[t]) is not None for t in todo]):
-                break
-        else:
-            raise RuntimeError(f"shard {shard}: its parts were replaced by others 100 times while this run "
-                               "published them")
-        for table_name in parts:
+            parts = {t: data for t, data in parts.items()
+                     if self.replace_if(self.part_path(t, shard), data, versions[t]) is None}
+        for table_name in digests:
             self.delete(self.staged_path(table_name, shard, attempt))
         return True
 
@@ -569,9 +578,7 @@ class OutputStore:
                 continue
             for attempt, tables in attempts.items():
                 if attempt == marker.staged and tables == set(TABLES):
-                    blobs = {t: self.read_bytes(self.staged_path(t, shard, attempt)) for t in TABLES}
-                    if all(hashlib.sha256(blobs[t]).hexdigest() == marker.parts[t].sha256 for t in TABLES):
-                        published += self.publish(shard, attempt, blobs)
+                    published += self.finish_publication(shard, marker)
                     continue
                 # Another attempt's (it lost the commit), or what is left of the marker's own
                 # once published (the removal of its staged copies was cut short).
@@ -579,6 +586,20 @@ class OutputStore:
                     self.delete(self.staged_path(table_name, shard, attempt))
                 removed += attempt != marker.staged
         return published, removed
+
+    def finish_publication(self, shard: int, marker: CommitMarker) -> bool:
+        """Publish the staged parts `marker` names, if they are not in place yet (its
+        attempt stopped between marker and parts: an actor killed there, whose shard the
+        next attempt finds committed). Whether it published anything."""
+        if marker.staged is None or self._published(shard, marker):
+            return False
+        try:
+            blobs = {t: self.read_bytes(self.staged_path(t, shard, marker.staged)) for t in TABLES}
+        except FileNotFoundError:  # published meanwhile, and its staged copies removed
+            return False
+        if any(hashlib.sha256(blobs[t]).hexdigest() != marker.parts[t].sha256 for t in TABLES):
+            return False  # not the marker's bytes: left for `verify` to report
+        return self.publish(shard, marker.staged, blobs)
 
     def commit(self, shard: int, marker: CommitMarker) -> bool:
         """Create the marker of `shard`; False if an earlier attempt's is there already."""

@@ -98,12 +98,11 @@ def test_driver_killed_between_marker_and_parts(corpus, reference, tmp_path):
     code, _, _ = finish(start(corpus, out, env={"BULKSCRIBE_CRASH_AT": "after_marker"}))
     assert code == -signal.SIGKILL
     store = OutputStore(str(out))
-    committed = store.committed()
-    unpublished = store.unpublished(committed)
-    assert unpublished and len(list((out / "segments").glob("*.parquet"))) == len(committed) - len(unpublished)
-    views = open_output(str(out))  # the staged parts its marker names
+    # (An actor of the killed driver may still be committing: compare like with like.)
+    views = open_output(str(out))  # the staged parts their marker names, for those
+    assert views.unpublished
     assert views.sql("select count(distinct unit_id) from files").fetchall()[0][0] == sum(
-        m.units for m in store.markers())
+        store.read_marker(s).units for s in views.committed)
     stdout = run_ok(corpus, out)
     assert "this run: " in stdout and not store.staged()
     check_output(out, reference)
