@@ -139,11 +139,12 @@ def reading_wav(folder: Path, speech_dir: Path, seconds: float) -> tuple[Path, s
 
 def write_wav(path: Path, *channels: np.ndarray) -> Path:
     """A 16 kHz 16-bit WAV with one channel per array of samples in [-1, 1] (shorter ones
-    padded with silence)."""
+    padded with silence). Samples decoded from 16-bit audio (`audio.decode` divides by
+    32768) come back bit for bit: a channel then transcribes as its source file does."""
     n = max(len(c) for c in channels)
     frames = np.zeros((n, len(channels)), "<i2")
     for i, c in enumerate(channels):
-        frames[: len(c), i] = (np.clip(c, -1, 1) * 32767).astype("<i2")
+        frames[: len(c), i] = np.clip(np.round(c * 32768), -32768, 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(len(channels))
         w.setsampwidth(2)
