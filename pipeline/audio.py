@@ -215,16 +215,19 @@ def probe_duration(uri: str, timeout_s: float | None = 60.0) -> float | None:
     """The duration a local file's container declares (ffmpeg reads its header only),
     or None if it cannot tell."""
     path = local_path(uri)
-    if path is None:
-        return None
+    description = None if path is None else _describe(path, timeout_s)
+    return None if description is None else _container_seconds(description)
+
+
+def _describe(path: str, timeout_s: float | None) -> str | None:
+    """ffmpeg's description of local file `path` (`ffmpeg -i`: it reads the header only),
+    None if ffmpeg could not be run in time."""
     try:
-        done = subprocess.run(
-            [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _ffmpeg_source(path)],
-            capture_output=True, timeout=timeout_s, check=False,
-        )
+        done = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _ffmpeg_source(path)],
+                              capture_output=True, timeout=timeout_s, check=False)
     except (subprocess.TimeoutExpired, OSError):
         return None
-    return _container_seconds(done.stderr.decode("utf-8", "replace"))
+    return done.stderr.decode("utf-8", "replace")
 
 
 # "Stream #0:0: Audio: pcm_s16le ([1][0][0][0] / 0x0001), 8000 Hz, stereo, s16, 256 kb/s"
@@ -248,12 +251,8 @@ def channels_in(stderr: str) -> int | None:
 def probe_channels(path: str, timeout_s: float | None = 60.0) -> int | None:
     """How many channels the first audio stream of local file `path` has (ffmpeg reads
     its header), or None if it cannot tell."""
-    try:
-        done = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", _ffmpeg_source(path)],
-                              capture_output=True, timeout=timeout_s, check=False)
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    return channels_in(done.stderr.decode("utf-8", "replace"))
+    description = _describe(path, timeout_s)
+    return None if description is None else channels_in(description)
 
 
 def same_signal(a: np.ndarray, b: np.ndarray) -> bool:

@@ -314,8 +314,9 @@ class OutputStore:
                 return self.version(path) if self.read_bytes(path) == data else None
             except FileNotFoundError:
                 return None
-        if self.version(path) != expected:
-            return digest if self.version(path) == digest else None
+        current = self.version(path)
+        if current != expected:
+            return digest if current == digest else None
         self.write_bytes(path, data)
         return digest
 
@@ -676,7 +677,7 @@ class OutputStore:
         indexed, indexed_versions = {}, {}
         if table is not None:
             shards = table.column("shard").to_pylist()
-            indexed = {s: CommitMarker.from_json(json.loads(b)) for s, b in zip(shards, table.column("marker").to_pylist())}
+            indexed = _parsed(dict(zip(shards, table.column("marker").to_pylist())))
             if "version" in table.column_names:
                 indexed_versions = dict(zip(shards, table.column("version").to_pylist()))
         missing = [s for s in committed
@@ -737,7 +738,7 @@ class OutputStore:
         whatever the index says), and a run that writes a shard's marker again (`retry-failed`,
         or a run after a marker was deleted) takes the shard out of the index first
         (`unindex`), so an entry is never older than its marker."""
-        return {shard: CommitMarker.from_json(json.loads(blob)) for shard, blob in self.index_entries().items()}
+        return _parsed(self.index_entries())
 
     def index_entries(self) -> dict[int, str]:
         """The index as it is stored: each shard's marker as JSON text (parsing 10^5 of
@@ -864,6 +865,11 @@ def strict_listing(fs: fsspec.AbstractFileSystem, method: str, path: str, **kwar
         if "on_error" not in str(exc):
             raise
         return getattr(fs, method)(path, **kwargs)
+
+
+def _parsed(entries: dict[int, str]) -> dict[int, CommitMarker]:
+    """The markers of index entries (each a marker's JSON text)."""
+    return {shard: CommitMarker.from_json(json.loads(blob)) for shard, blob in entries.items()}
 
 
 def _refused(exc: BaseException) -> bool:
