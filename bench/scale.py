@@ -50,6 +50,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pipeline.index import index_path, update_index
+from pipeline.ledger import append_plan, read_job, write_job
+from pipeline.markers import commit_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work" / "scale"
@@ -186,21 +189,21 @@ def status_reads(shards: int) -> None:
     store = OutputStore(str(folder))
     if not (folder / "done").exists():
         shutil.rmtree(folder, ignore_errors=True)
-        store.write_job(JobRecord(output=str(folder), created_at="", spec={}, fingerprint="f", fingerprint_fields={},
+        write_job(store, JobRecord(output=str(folder), created_at="", spec={}, fingerprint="f", fingerprint_fields={},
                                   model={}, shard_audio_s=60.0))
         part = Part(rows=10, bytes=1000, sha256="0" * 64)
         for shard in range(shards):
-            store.commit(shard, CommitMarker(shard=shard, attempt=1, node="n", parts={"segments": part, "files": part},
+            commit_marker(store, shard, CommitMarker(shard=shard, attempt=1, node="n", parts={"segments": part, "files": part},
                                              units=10, statuses={"ok": 10}, audio_s=600.0, wall_s=30.0))
-        store.append_plan(pa.table({"shard": pa.array(np.repeat(np.arange(shards), 10), pa.int32()),
+        append_plan(store, pa.table({"shard": pa.array(np.repeat(np.arange(shards), 10), pa.int32()),
                                     "unit_id": [f"u{i}" for i in range(shards * 10)]}))
         (folder / "done").write_text("")
-    store.delete(store.index_path())
+    store.delete(index_path(store))
     print(f"status on {shards:,} committed shards (local disk; the requests carry over to S3, where a "
           f"listing costs one request per 1,000 keys)")
     for side in ("markers one by one", "marker index"):
         if side == "marker index":
-            store.update_index()
+            update_index(store)
         counted = OutputStore(str(folder))
         calls = {"reads": 0, "listings": 0}
         read_bytes, glob = counted.read_bytes, counted.glob
@@ -270,7 +273,7 @@ def status_s3(shards: int) -> None:
     folder = WORK / f"status-{shards}"
     if not (folder / "done").exists():
         status_reads(shards)
-    OutputStore(str(folder)).update_index()
+    update_index(OutputStore(str(folder)))
     print(f"status on {shards:,} committed shards on a moto S3 server")
     with moto_s3(folder, "status") as (endpoint, log, env):
         before = _requests(log)
@@ -335,7 +338,7 @@ def finished_folder(shards: int) -> tuple[Path, Path]:
     shutil.rmtree(folder, ignore_errors=True)
     store = OutputStore(str(folder))
     fields = fingerprint_fields(WhisperOptions(), models.resolve(WhisperOptions().model).sha256)
-    store.write_job(JobRecord(output=str(folder), created_at="", spec={"inputs": [str(archive / "audio")]},
+    write_job(store, JobRecord(output=str(folder), created_at="", spec={"inputs": [str(archive / "audio")]},
                               fingerprint=fingerprint(fields), fingerprint_fields=fields, model={},
                               shard_audio_s=UNITS_PER_SHARD, window_s=600.0))
     step = 1000
@@ -344,7 +347,7 @@ def finished_folder(shards: int) -> tuple[Path, Path]:
                                                      for a in range(0, shards, step)]):
             pass
     uris = [_uri(archive, i) for i in range(shards * UNITS_PER_SHARD)]
-    store.append_plan(pa.table({
+    append_plan(store, pa.table({
         "shard": pa.array(np.arange(len(uris)) // UNITS_PER_SHARD, pa.int32()),
         "est_audio_s": np.full(len(uris), 1.0),
         "unit_id": [inputs.unit_id(u) for u in uris],
@@ -354,7 +357,7 @@ def finished_folder(shards: int) -> tuple[Path, Path]:
         "end_s": pa.nulls(len(uris), pa.float64()),
         "split": pa.array(np.zeros(len(uris), bool)),
     }))
-    store.update_index()
+    update_index(store)
     (folder / "done").write_text("")
     return archive, folder
 
@@ -373,7 +376,7 @@ def _write_shards(job: tuple[str, str, int, int]) -> None:
 
     archive, folder, first, end = job
     store = OutputStore(folder)
-    config = types.SimpleNamespace(fingerprint=store.read_job().fingerprint, lease_owner=None)  # all write_parts reads
+    config = types.SimpleNamespace(fingerprint=read_job(store).fingerprint, lease_owner=None)  # all write_parts reads
     text = " He hoped there would be stew for dinner, turnips and carrots and bruised potatoes."
     for shard in range(first, end):
         files, segments = [], []
@@ -388,7 +391,7 @@ def _write_shards(job: tuple[str, str, int, int]) -> None:
                                     temperature=0.0, language="en") for k in range(SEGMENTS_PER_UNIT)]
         units = pa.table({"shard": pa.array([shard] * UNITS_PER_SHARD, pa.int32()),
                           "unit_id": [f.unit_id for f in files], "uri": [f.uri for f in files]})
-        store.commit(shard, write_parts(shard, units, files, segments, store, config, 1, time.time(), "bench/node"))
+        commit_marker(store, shard, write_parts(shard, units, files, segments, store, config, 1, time.time(), "bench/node"))
 
 
 def read_side(shards: int) -> None:

@@ -23,6 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.inputs import unit_id
+from pipeline.ledger import append_plan, read_job, write_job
+from pipeline.markers import commit_marker
+from pipeline.publish import write_part
 from pipeline.query import open_output
 from pipeline.records import CommitMarker
 from pipeline.search import search
@@ -49,7 +52,7 @@ def build(source: Path, target: Path, segments: int) -> None:
     files = src.files.to_table()
     shutil.rmtree(target, ignore_errors=True)
     store = OutputStore(str(target))
-    store.write_job(OutputStore(str(source)).read_job())
+    write_job(store, read_job(OutputStore(str(source))))
     copies = -(-segments // seg.num_rows)
     per_shard = max(1, SHARD_SEGMENTS // seg.num_rows)
     plan_rows = []
@@ -65,12 +68,12 @@ def build(source: Path, target: Path, segments: int) -> None:
             file_parts.append(files.set_column(0, "unit_id", fids).set_column(1, "uri", furis)
                               .set_column(2, "shard", pa.array([shard] * files.num_rows, pa.int32())))
         seg_t, files_t = pa.concat_tables(seg_parts), pa.concat_tables(file_parts)
-        parts = {"segments": store.write_part("segments", shard, seg_t), "files": store.write_part("files", shard, files_t)}
-        store.commit(shard, CommitMarker(shard=shard, attempt=1, parts=parts, units=files_t.num_rows,
+        parts = {"segments": write_part(store, "segments", shard, seg_t), "files": write_part(store, "files", shard, files_t)}
+        commit_marker(store, shard, CommitMarker(shard=shard, attempt=1, parts=parts, units=files_t.num_rows,
                                          statuses={"ok": files_t.num_rows}, audio_s=0.0, wall_s=0.0, node="bench"))
         plan_rows.append(pa.table({"shard": pa.array([shard] * files_t.num_rows, pa.int32()),
                                    "unit_id": files_t.column("unit_id"), "uri": files_t.column("uri")}))
-    store.append_plan(pa.concat_tables(plan_rows))
+    append_plan(store, pa.concat_tables(plan_rows))
 
 
 def main() -> None:

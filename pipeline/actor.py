@@ -21,6 +21,9 @@ from pipeline import models
 from pipeline.commit import ShardResult, may_write, retry_intent_path, stage_parts
 from pipeline.config import WorkerConfig
 from pipeline.faults import gate, shard_pause
+from pipeline.ledger import next_attempt
+from pipeline.markers import read_marker
+from pipeline.publish import finish_publication
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA, FileRow, SegmentRow, plan_rows
 from pipeline.store import OutputStore
 from pipeline.transcriber import Transcriber
@@ -86,15 +89,15 @@ def process_shard(
         # that stalls while another run retries this shard cannot replace the newer one.
         marker_version = store.version(store.marker_path(shard))
         kept_files, kept_segments = _rows_to_keep(store, shard)
-        attempt = store.next_attempt(shard)
+        attempt = next_attempt(store, shard)
     else:
-        if (marker := store.read_marker(shard)) is not None:
+        if (marker := read_marker(store, shard)) is not None:
             # At-least-once execution: an earlier attempt already committed this shard
             # (and if it was stopped before publishing its parts, they are published now).
-            store.finish_publication(shard, marker)
+            finish_publication(store, shard, marker)
             return ShardResult.of(marker, skipped=True)
         kept_files, kept_segments = {}, []
-        attempt = store.next_attempt(shard, {"node": node, "pid": os.getpid()})
+        attempt = next_attempt(store, shard, {"node": node, "pid": os.getpid()})
         shard_pause()
     planned = plan_rows(units)
     todo = [u for u in planned if u.unit_id not in kept_files]
@@ -107,10 +110,10 @@ def process_shard(
     order = {u.unit_id: i for i, u in enumerate(planned)}
     segment_rows.sort(key=lambda s: (order[s.unit_id], s.segment))
 
-    if not retry_failed and (marker := store.read_marker(shard)) is not None:
+    if not retry_failed and (marker := read_marker(store, shard)) is not None:
         # Another attempt (a retry while this one was thought lost) committed meanwhile:
         # leave its parts alone rather than replace them with equivalent ones.
-        store.finish_publication(shard, marker)
+        finish_publication(store, shard, marker)
         return ShardResult.of(marker, skipped=True)
     gate("before_parts_write")
     if not may_write(store, config, shard):

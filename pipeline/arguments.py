@@ -214,6 +214,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
 def actor_options(args: argparse.Namespace) -> ActorOptions:
     """The resource flags, filled in from this node's tuning profile where not given."""
     from pipeline.ray_session import cluster_address
+    from pipeline.tune import actor_options as for_this_node
 
-    return ActorOptions.for_node(args.threads, args.actors, embedded=cluster_address(args.address) is None,
-                                 batch_size=args.batch_size)
+    return for_this_node(args.threads, args.actors, embedded=cluster_address(args.address) is None,
+                         batch_size=args.batch_size)

@@ -10,6 +10,8 @@ import os
 import sys
 
 from pipeline.arguments import actor_options, build_parser, spec_from_args
+from pipeline.index import update_index
+from pipeline.ledger import read_job
 
 
 def setup_logging(verbose: bool) -> None:
@@ -155,11 +157,11 @@ def compact_command(args: argparse.Namespace) -> int:
     from pipeline.store import OutputStore
 
     store = OutputStore(args.output, dict(args.storage_option))
-    if store.read_job() is None:
+    if read_job(store) is None:
         raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
     store.refuse_links_out()
     with Lease(store, "compact") as lease:
-        markers = store.update_index(before_write=lease.check)
+        markers = update_index(store, before_write=lease.check)
         done = compact(store, markers, before_write=lease.check)
     print(f"{done.shards} shard(s) copied into {done.files} compacted file(s), {done.dropped} file(s) no longer "
           f"used (deleted after {RETIRED_KEEP_S / 3600:g} h: a reader may still hold them), "
@@ -179,7 +181,7 @@ def status_command(args: argparse.Namespace) -> int:
     from pipeline.store import OutputStore
 
     store = OutputStore(args.output, dict(args.storage_option))
-    if store.read_job() is None:
+    if read_job(store) is None:
         raise FileNotFoundError(f"{args.output} holds no bulkscribe job (no job.json)")
     summary = summarize(store)
     print(format_summary(summary))

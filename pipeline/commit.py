@@ -2,8 +2,8 @@
 
 An attempt writes the shard's `segments` and `files` parts under names of its own
 (`_staged/`), then creates the marker that names the attempt and holds the parts' sha256
-(`OutputStore.commit`, create-only: the first attempt to commit wins), and only then
-publishes its parts under the shard's fixed names (`OutputStore.publish`, each part
+(`markers.commit_marker`, create-only: the first attempt to commit wins), and only then
+publishes its parts under the shard's fixed names (`publish.publish`, each part
 replaced conditionally on what was there). An attempt that lost, or whose run lost the
 folder's lease while it stalled, can write nothing a reader sees: its staged parts are
 named by no marker, and its marker or publication is refused by the store. `retry-failed`
@@ -18,17 +18,19 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import pyarrow as pa
 
 from pipeline import lease, quality
 from pipeline.config import WorkerConfig
 from pipeline.faults import crashpoint
-from pipeline.records import CommitMarker
+from pipeline.markers import commit_marker
+from pipeline.parquet import parquet_bytes
+from pipeline.publish import publish, stage_part, staged_path
+from pipeline.records import CommitMarker, iso
 from pipeline.schema import STATUSES, FileRow, SegmentRow, files_table, manifest_columns, segments_table
-from pipeline.store import OutputStore, json_bytes, parquet_bytes
-from pipeline.verify import shard_problems
+from pipeline.shardcheck import shard_problems
+from pipeline.store import OutputStore, json_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +94,18 @@ class Staged:
     """Both parts of one attempt at a shard, staged, and the marker that would commit them."""
 
     marker: CommitMarker
-    # The parts' bytes by table, for `OutputStore.publish`.
+    # The parts' bytes by table, for `publish.publish`.
     blobs: dict[str, bytes]
 
     def commit(self, store: OutputStore) -> bool:
         """Create the marker, then publish the parts; False (its staged parts removed) if
         another attempt committed the shard first."""
         shard = self.marker.shard
-        if not store.commit(shard, self.marker):
+        if not commit_marker(store, shard, self.marker):
             self.discard(store)
             return False
         crashpoint("after_marker")
-        store.publish(shard, self.marker.staged, self.blobs, first=True)
+        publish(store, shard, self.marker.staged, self.blobs, first=True)
         return True
 
     def replace(self, store: OutputStore, expected: str | None) -> bool:
@@ -117,11 +119,11 @@ class Staged:
             self.discard(store)
             return False
         crashpoint("after_marker")
-        return store.publish(shard, self.marker.staged, self.blobs)
+        return publish(store, shard, self.marker.staged, self.blobs)
 
     def discard(self, store: OutputStore) -> None:
         for table in self.blobs:
-            store.delete(store.staged_path(table, self.marker.shard, self.marker.staged))
+            store.delete(staged_path(store, table, self.marker.shard, self.marker.staged))
 
 
 def stage_parts(
@@ -146,7 +148,7 @@ def stage_parts(
     for problem in problems:
         logger.error("written as it is, for verify to report: %s", problem)
     token = uuid.uuid4().hex
-    parts = {name: store.stage_part(name, shard, token, blob, rows, checked=not problems)
+    parts = {name: stage_part(store, name, shard, token, blob, rows, checked=not problems)
              for name, (blob, rows) in data.items()}
     crashpoint("after_parts_write")
     finished = time.time()
@@ -182,7 +184,3 @@ def retry_intent_path(store: OutputStore, shard: int) -> str:
     """`_retry/NNNNNN.json`: written before `retry-failed` rewrites a shard, removed once
     its new marker is in place; one left behind is redone by the next `retry-failed`."""
     return store.path("_retry", f"{shard:06d}.json")
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")

@@ -39,8 +39,10 @@ from typing import Callable, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.index import index_entries
+from pipeline.parquet import parquet_bytes, read_parquet_bytes
 from pipeline.records import CommitMarker, Part
-from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, parquet_bytes, read_parquet_bytes
+from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +156,7 @@ def sources(store: OutputStore, committed: list[int]) -> dict[str, Sources]:
     catalog = read_catalog(store)
     if catalog is None or catalog.num_rows == 0:
         return {t: Sources() for t in TABLES}
-    in_use = _in_use(catalog, committed, indexed_parts(store.index_entries()), _present(store))
+    in_use = _in_use(catalog, committed, indexed_parts(index_entries(store)), _present(store))
     return {
         table: Sources(compacted=[store.path(name) for name in sorted(names)],
                        covered={s for shards in names.values() for s in shards})
@@ -212,7 +214,7 @@ def compact(store: OutputStore, markers: list[CommitMarker] | None = None, *, at
     if `at_least` of them wait in some table. The shards are those of the marker index,
     or `markers` (what `update_index` just wrote there); `before_write` (the lease
     check) runs before each write."""
-    parts = indexed_parts(store.index_entries()) if markers is None else marker_parts(markers)
+    parts = indexed_parts(index_entries(store)) if markers is None else marker_parts(markers)
     catalog = _files_of(read_catalog(store))
     present = _present(store)
     rows: dict[str, list] = {c: [] for c in _CATALOG_SCHEMA.names}

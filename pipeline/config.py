@@ -121,38 +121,6 @@ class ActorOptions:
         if self.batch_size is not None and not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
 
-    @classmethod
-    def for_node(cls, threads: int | None, actors: int | None, *, embedded: bool,
-                 batch_size: int | None = None) -> "ActorOptions":
-        """The options asked for, the rest from this node's tuning profile (`bulkscribe
-        tune`), else the defaults. The profile's actor count applies only to an embedded
-        Ray on this very node with no --threads given; on a cluster with neither given,
-        each node's own profile applies to its actors (`per_node`). The choice is logged."""
-        import logging
-
-        from pipeline.tune import load_profile
-
-        log = logging.getLogger(__name__)
-        if not embedded and threads is None and actors is None:
-            # This node's profile says nothing of the cluster's nodes: each reads its own.
-            log.info("resources: on each node of the cluster, its own tuning profile (`bulkscribe tune` there), "
-                     "else one 1-thread actor per CPU; --threads and --actors override it")
-            return cls(threads=1, actors=None, per_node=True, batch_size=batch_size)
-        profile = load_profile() if threads is None or actors is None else None
-        if profile is None:
-            chosen = cls(threads=threads or 1, actors=actors, batch_size=batch_size)
-            log.info("resources: %s, %d thread(s) each (%s)",
-                     f"{chosen.actors} actor(s)" if chosen.actors else "one actor per CPU", chosen.threads,
-                     "as asked" if threads and actors else
-                     "no tuning profile for this node: defaults; `bulkscribe tune` measures it")
-            return chosen
-        if actors is None and embedded and threads is None:
-            actors = profile.actors  # the profile measured this very node
-        threads = threads or profile.threads
-        log.info("resources: %s, %d thread(s) each (tuning profile %s; --threads and --actors override it)",
-                 f"{actors} actor(s)" if actors else f"one actor per {threads} CPU(s)", threads, profile.source)
-        return cls(threads=threads, actors=actors, batch_size=batch_size or profile.batch_size)
-
     @property
     def streams(self) -> int:
         """Units each actor transcribes at once: `batch_size`, else the default."""

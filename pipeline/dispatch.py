@@ -36,6 +36,7 @@ from pipeline.actor import load_transcriber, node_name, process_shard
 from pipeline.commit import ShardResult
 from pipeline.config import PoolSize, WorkerConfig
 from pipeline.faults import diepoint
+from pipeline.ray_session import available_resources_per_node
 from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,6 @@ def run_shards(
             tuning profile (`_NodeProfiles`); `config.threads` where a node has none.
     """
     import ray
-    from ray._private.state import available_resources_per_node  # a DeveloperAPI of Ray's
     from ray.exceptions import ActorUnavailableError, RayActorError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -21,9 +21,10 @@ from urllib.parse import quote
 import fsspec
 import pyarrow as pa
 
+from pipeline.listing import strict_listing
 from pipeline.retry import retry
 from pipeline.schema import RESERVED_COLUMNS, UNIT_SCHEMA
-from pipeline.store import PARALLEL_REQUESTS, strict_listing
+from pipeline.store import PARALLEL_REQUESTS
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,23 @@ SIZE_COLUMN = "size_bytes"
 # long files are planned as windows, and shards are balanced by it.
 DURATION_COLUMN = "duration_s"
 _GLOB_CHARS = frozenset("*?[")
+
+
+# Rough bytes per second of audio, by container: only used to balance shards.
+_BYTES_PER_S = {
+    ".wav": 32_000, ".wave": 32_000, ".aif": 88_200, ".aiff": 88_200, ".aifc": 88_200, ".au": 32_000,
+    ".flac": 20_000, ".ape": 20_000, ".wv": 20_000, ".caf": 32_000,
+}
+_COMPRESSED_BYTES_PER_S = 16_000  # 128 kbit/s, typical of mp3, aac, ogg; video is larger still
+_UNKNOWN_SIZE_S = 60.0
+
+
+def estimate_audio_s(uri: str, size_bytes: int | None) -> float:
+    """A guess of a file's audio length from its size and extension."""
+    if size_bytes is None:
+        return _UNKNOWN_SIZE_S
+    rate = _BYTES_PER_S.get(posixpath.splitext(uri)[1].lower(), _COMPRESSED_BYTES_PER_S)
+    return size_bytes / rate
 
 
 class InputError(ValueError):

@@ -16,17 +16,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import channels, compact, inputs, models, plan, windows
-from pipeline.languages import check_language, language_check_model, route_sha256, settle_other_languages
-from pipeline.faults import DRIVER_PID_ENV, crashpoint
-from pipeline.lease import Lease, LeaseLostError
-from pipeline.commit import ShardResult, iso, retry_intent_path
-from pipeline.dispatch import run_shards, units_to_ipc
+from pipeline.commit import ShardResult, retry_intent_path
 from pipeline.config import ActorOptions, JobSpec, WorkerConfig, fingerprint, fingerprint_fields
+from pipeline.dispatch import run_shards, units_to_ipc
+from pipeline.faults import DRIVER_PID_ENV, crashpoint
+from pipeline.languages import check_language, language_check_model, route_sha256, settle_other_languages
+from pipeline.lease import Lease, LeaseLostError
 from pipeline.ray_session import (OnDemandRay, RaySession, autoscaler_request, joins_cluster, ray_session,
                                   run_setup_hook)
-from pipeline.records import CommitMarker, JobRecord, RunRecord
+from pipeline.index import all_markers, unindex, update_index
+from pipeline.ledger import append_plan, create_job, plan_parts, read_job, read_plan, write_run
+from pipeline.markers import committed_shards
+from pipeline.publish import publish_pending
+from pipeline.records import CommitMarker, JobRecord, RunRecord, iso
+from pipeline.progress import progress_bar
+from pipeline.report import Summary, summarize
 from pipeline.resume import check_fingerprint, folder_options, with_folder_options
-from pipeline.report import Progress, Summary, summarize
 from pipeline.store import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -46,7 +51,7 @@ def run(spec: JobSpec) -> Summary:
     store = OutputStore(spec.output, spec.storage_options)
     store.refuse_links_out()
     store.check_conditional_writes()
-    job = store.read_job()
+    job = read_job(store)
     spec = with_folder_options(dataclasses.replace(spec, inputs=inputs.absolute(spec.inputs)), job)
     model = models.resolve(spec.whisper.model)
     check_language(spec.whisper, model)
@@ -67,7 +72,7 @@ def _goes_by_saved_plan(spec: JobSpec, job: JobRecord | None, store: OutputStore
     was planned from (local paths compared as absolute paths, see `inputs.absolute`),
     without `rescan` (listing 10^6 files takes half a minute on a local disk, 1,000
     requests on S3)."""
-    if spec.rescan or job is None or list(spec.inputs) != job.spec.get("inputs") or not store.plan_parts():
+    if spec.rescan or job is None or list(spec.inputs) != job.spec.get("inputs") or not plan_parts(store):
         return False
     logger.info("resuming the saved plan; the inputs are not listed again (--rescan plans files added since)")
     return True
@@ -78,7 +83,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
     """`units`: the inputs as listed, or None to go by the saved plan. Ray is asked for
     only when there is work: a finished job reruns in a second."""
     fields = fingerprint_fields(spec.whisper, model.sha256, route_sha256(spec))
-    job = store.read_job()
+    job = read_job(store)
     if job is not None:
         check_fingerprint(job, fields)
         _finish_interrupted_commits(store)
@@ -89,13 +94,13 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
             total_s, spec.actors.actors_for(ray_runtime.session().cpus), units.num_rows, spec.actors.streams)
         job = _new_job(spec, model, fields, shard_audio_s)
         lease.check()
-        store.create_job(job)
+        create_job(store, job)
     planned = _extend_plan(store, units, job.shard_audio_s, job.window_s, lease, spec.storage_options,
                            split_channels=spec.whisper.channels == "split")
     shards = sorted(set(planned.column("shard").to_pylist()))
     # In an object store, the plan's key ranges of markers listed at once, not one
     # listing of 100 pages in sequence for 10^5 markers.
-    committed = store.committed(among=shards)
+    committed = committed_shards(store, among=shards)
     pending = [s for s in shards if s not in committed]
     logger.info(
         "%d unit(s) in %d shard(s): %d committed earlier (skipped), %d to run",
@@ -105,7 +110,7 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
         # A pending shard in the index lost its marker (deleted by hand): it is
         # about to get a new one, which the index must not hide.
         lease.check()
-        store.unindex(pending)
+        unindex(store, pending)
         # The note on a missing language model: once per folder, on its first run.
         config = _worker_config(spec, model.sha256, job.fingerprint,
                                 language_check_model(spec, model, say_why=not committed), lease)
@@ -119,8 +124,8 @@ def _run_locked(spec: JobSpec, store: OutputStore, model: models.ResolvedModel, 
 
 def _finish_interrupted_commits(store: OutputStore) -> None:
     """Publish what commits cut short between marker and parts left staged, and remove
-    the staged parts of attempts that lost (`OutputStore.publish_pending`): one listing."""
-    published, removed = store.publish_pending()
+    the staged parts of attempts that lost (`publish.publish_pending`): one listing."""
+    published, removed = publish_pending(store)
     if published or removed:
         logger.info("published the parts of %d shard(s) whose commit was cut short; removed the staged parts of "
                     "%d attempt(s) that lost", published, removed)
@@ -146,8 +151,8 @@ def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: floa
     saved plan); long new files are split into windows (files the plan holds are not
     measured again), and with `split_channels` each unit of a multi-channel file into
     one per channel (`pipeline.channels`)."""
-    parts = store.plan_parts()
-    planned = store.read_plan(parts)
+    parts = plan_parts(store)
+    planned = read_plan(store, parts)
     if units is None:
         if planned is None:  # removed by hand since the check before the lease
             raise inputs.InputError(f"{store.uri()}: its plan (_plan/) is gone; run again with --rescan")
@@ -162,7 +167,7 @@ def _extend_plan(store: OutputStore, units: pa.Table | None, shard_audio_s: floa
         added = plan.assign_shards(fresh, first, shard_audio_s)
         crashpoint("before_plan_write")
         lease.check()
-        path = store.append_plan(added, after=parts)
+        path = append_plan(store, added, after=parts)
         last = int(pc.max(added.column("shard")).as_py())
         logger.info("planned %d new unit(s) as shards %d-%d in %s", fresh.num_rows, first, last, path)
         planned = added if planned is None else pa.concat_tables([planned, added], promote_options="permissive")
@@ -188,7 +193,7 @@ def retry_failed(
     started = time.time()
     run_setup_hook()
     store = OutputStore(output, storage_options)
-    job = store.read_job()
+    job = read_job(store)
     if job is None:
         raise FileNotFoundError(f"{output} holds no bulkscribe job (no job.json)")
     whisper = folder_options(job)
@@ -202,20 +207,20 @@ def retry_failed(
     with Lease(store, "retry-failed") as lease:
         _finish_interrupted_commits(store)
         interrupted = store.shards_in("_retry", "*.json")
-        markers = store.markers()
+        markers = all_markers(store)
         shards = sorted({m.shard for m in markers if m.count("failed")} | interrupted)
         results: list[ShardResult] = []
         if shards:
             logger.info("retrying the failed units of %d shard(s)", len(shards))
             lease.check()
             # Their markers are about to be replaced: the index must not keep the old ones.
-            store.unindex(shards)
+            unindex(store, shards)
             for shard in shards:
                 store.write_json(retry_intent_path(store, shard), {"shard": shard, "started_at": iso(time.time())})
             config = _worker_config(spec, model.sha256, job.fingerprint,
                                     language_check_model(spec, model, say_why=False), lease)
             with ray_session(spec) as session:
-                results = _execute(store.read_plan(), shards, config, actors, session, progress,
+                results = _execute(read_plan(store), shards, config, actors, session, progress,
                                    joins=joins_cluster(spec), mode="retry", lease=lease)
             summary = _finish_run(store, started, results, len(shards), 0, lease, session.logs)
         else:
@@ -248,7 +253,7 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
     wall_s = time.time() - started
     lease.check()
     audio_s = sum(r.audio_s for r in results if not r.skipped)
-    store.write_run(
+    write_run(store, 
         RunRecord(
             started_at=iso(started),
             finished_at=iso(time.time()),
@@ -263,7 +268,7 @@ def _finish_run(store: OutputStore, started: float, results: list[ShardResult], 
     # An actor stopped between a shard's marker and its parts may leave them staged
     # when no other attempt of the shard followed (its result was already counted).
     _finish_interrupted_commits(store)
-    markers = store.update_index(before_write=lease.check)
+    markers = update_index(store, before_write=lease.check)
     _compact(store, markers, lease)
     summary = summarize(store, audio_s=audio_s, wall_s=wall_s, markers=markers)
     summary.shards_ran, summary.shards_skipped = ran, skipped
@@ -305,15 +310,6 @@ def _execute(
     for the session's CPUs. Where the job `joins` a cluster, an elastic pool grows as nodes
     join and asks the cluster's autoscaler for the CPUs its waiting shards could use, and
     with `actors.per_node` each node's actors take that node's tuning profile."""
-    from tqdm import tqdm
-
-    try:
-        from tqdm.contrib.logging import logging_redirect_tqdm
-    except ImportError:
-        # Inside a Ray job `tqdm` is not always the full package; there is no terminal
-        # there anyway, so log lines and the (disabled) bar cannot fight.
-        logging_redirect_tqdm = contextlib.nullcontext
-
     by_shard = dict(plan.group_by_shard(planned, pending))
     est_s = {s: pc.sum(t.column("est_audio_s")).as_py() or 0.0 for s, t in by_shard.items()}
     pool = actors.pool(session.cpus, len(pending), nodes_join=joins)
@@ -327,7 +323,6 @@ def _execute(
     else:
         logger.info("running %d shard(s) on %d actor(s) x %d thread(s)", len(by_shard), pool.initial, config.threads)
     results = []
-    tally = Progress(est_s)
     # Longest first: the last shards to start are the short ones, so no actor finishes a
     # long one alone while the others wait (16 files of 7.5 minutes planned as shards of
     # one or two files on 2 actors: 343 s in shard order, the last shard running alone
@@ -336,16 +331,12 @@ def _execute(
     shards = run_shards(longest_first, lambda s: units_to_ipc(by_shard[s]), config, pool,
                         session.actor_runtime_env, mode, per_node=per_node)
     request = autoscaler_request(pool, config.threads) if joins else contextlib.nullcontext()
-    with request, logging_redirect_tqdm(), tqdm(
-        total=tally.total_min, unit="audio-min", disable=None if progress is None else not progress,
-        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} planned audio-min [{elapsed}<{remaining}{postfix}]",
-    ) as bar, contextlib.closing(shards):
+    with request, progress_bar(est_s, progress) as count, contextlib.closing(shards):
         for result in shards:
             if lease is not None and (result.lease_lost or lease.lost):
                 lease.check()  # raises: another run holds the folder now
             results.append(result)
-            bar.update(tally.add(result))
-            bar.set_postfix_str(tally.postfix(), refresh=True)
+            count(result)
     return results
 
 

@@ -18,7 +18,7 @@ def check_language(options: WhisperOptions, model: models.ResolvedModel) -> None
     """Refuse a language the model cannot transcribe, before anything is written."""
     if options.language is None:
         return
-    from pipeline.transcriber import language_codes
+    from pipeline.engine import language_codes
 
     if options.language not in language_codes():
         raise ValueError(f"unknown language code {options.language!r}; Whisper's codes are "

@@ -232,8 +232,8 @@ def _resolve_folder(name: str, folder: str) -> ResolvedModel:
 
 
 def _download(name: str) -> str:
-    # transcriber.py is the one module that imports faster_whisper.
-    from pipeline.transcriber import download_model
+    # engine.py is the one module that imports faster_whisper.
+    from pipeline.engine import download_model
 
     try:
         return download_model(name, str(cache_dir() / "hub"))

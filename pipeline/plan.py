@@ -8,34 +8,19 @@ renumbers, so a committed shard always means the same units.
 
 from __future__ import annotations
 
-import posixpath
 from typing import Iterator
 
 import numpy
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Rough bytes per second of audio, by container: only used to balance shards.
-_BYTES_PER_S = {
-    ".wav": 32_000, ".wave": 32_000, ".aif": 88_200, ".aiff": 88_200, ".aifc": 88_200, ".au": 32_000,
-    ".flac": 20_000, ".ape": 20_000, ".wv": 20_000, ".caf": 32_000,
-}
-_COMPRESSED_BYTES_PER_S = 16_000  # 128 kbit/s, typical of mp3, aac, ogg; video is larger still
-_UNKNOWN_SIZE_S = 60.0
+from pipeline.inputs import estimate_audio_s
 
 # Shard size, in seconds of audio: enough shards to keep every actor busy with about four
 # shards each, but none so large that losing it costs much, nor so small that commits dominate.
 MIN_SHARD_AUDIO_S = 60.0
 MAX_SHARD_AUDIO_S = 3600.0
 SHARDS_PER_ACTOR = 4
-
-
-def estimate_audio_s(uri: str, size_bytes: int | None) -> float:
-    """A guess of a file's audio length from its size and extension."""
-    if size_bytes is None:
-        return _UNKNOWN_SIZE_S
-    rate = _BYTES_PER_S.get(posixpath.splitext(uri)[1].lower(), _COMPRESSED_BYTES_PER_S)
-    return size_bytes / rate
 
 
 def choose_shard_audio_s(total_audio_s: float, actors: int, units: int = 0, batch_size: int = 1) -> float:

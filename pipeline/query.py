@@ -25,6 +25,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline import compact
+from pipeline.ledger import plan_parts, read_job
+from pipeline.markers import committed_shards
+from pipeline.publish import staged_path, unpublished
 from pipeline.schema import FILES_SCHEMA, PLAN_SCHEMA, SEGMENTS_SCHEMA, files_schema
 from pipeline.store import OutputStore
 
@@ -97,7 +100,7 @@ class Output:
         paths = self.sources[table].paths(self.store, table, self.committed)
         if not self.unpublished:
             return paths
-        staged = {self.store.part_path(table, s): self.store.staged_path(table, s, a)
+        staged = {self.store.part_path(table, s): staged_path(self.store, table, s, a)
                   for s, a in self.unpublished.items()}
         return [staged.get(p, p) for p in paths]
 
@@ -109,18 +112,18 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Outp
         FileNotFoundError: the folder holds no bulkscribe job (no job.json).
     """
     store = OutputStore(url, storage_options)
-    if store.read_job() is None:
+    if read_job(store) is None:
         raise FileNotFoundError(f"{url} holds no bulkscribe job (no job.json)")
-    plan_parts = store.plan_parts()
+    parts = plan_parts(store)
     # Manifest columns may differ between plan appends: unify the plan parts' schemas (a
     # few footers). The files parts' schema follows from it, so that none of them is
     # opened before a query reads it (10^5 parts would be 10^5 reads).
-    schemas = [ds.dataset(p, filesystem=store.fs, format="parquet").schema for p in plan_parts]
+    schemas = [ds.dataset(p, filesystem=store.fs, format="parquet").schema for p in parts]
     plan_schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else PLAN_SCHEMA
-    committed = sorted(store.committed())
-    return Output(store=store, committed=committed, plan_parts=plan_parts, plan_schema=plan_schema,
+    committed = sorted(committed_shards(store))
+    return Output(store=store, committed=committed, plan_parts=parts, plan_schema=plan_schema,
                   uniform=all(s.equals(schemas[0]) for s in schemas), sources=compact.sources(store, committed),
-                  unpublished=store.unpublished(committed))
+                  unpublished=unpublished(store, committed))
 
 
 def _columns_differ(paths: list[str]) -> bool:

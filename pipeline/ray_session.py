@@ -14,6 +14,11 @@ about 5 s, and Ray's processes take a fair share of 2 cores while they start):
   2.0 s to their first call, against 0.65 s in a prestarted worker).
 - `OnDemandRay.start_ahead` starts it in a thread while the driver lists and plans a
   new job's inputs.
+
+This is the one module that reaches into Ray's private modules (`ray._private`): the
+free CPUs of each node, the embedded node's processes, Ray's own log filter. Each use is
+exercised by tests/test_structure.py (`test_private_apis_of_dependencies_still_exist`),
+which fails the day Ray moves it.
 """
 
 from __future__ import annotations
@@ -41,10 +46,19 @@ ACTOR_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 def actor_env(threads: int) -> dict[str, str]:
-    """The environment of an actor of `threads` threads (see `transcriber.process_env`)."""
-    from pipeline.transcriber import process_env
+    """The environment of an actor of `threads` threads (see `engine.process_env`)."""
+    from pipeline.engine import process_env
 
     return {**ACTOR_ENV, **process_env(threads)}
+
+
+def available_resources_per_node() -> dict[str, dict[str, float]]:
+    """Node id -> its resources not taken (`{"CPU": 1.0, ...}`), from Ray's global state:
+    a DeveloperAPI (`ray._private.state`) with no public equivalent that gives what is
+    free per node (`ray.available_resources` sums the cluster)."""
+    from ray._private.state import available_resources_per_node as free_per_node
+
+    return free_per_node()
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -99,7 +113,7 @@ def ray_session(spec: JobSpec) -> Iterator[RaySession]:
         context = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
         worker_env = None
     else:
-        from pipeline.transcriber import child_environment
+        from pipeline.engine import child_environment
 
         worker_env = actor_env(spec.actors.threads)
         with child_environment(worker_env):  # the raylet's, and so every worker's

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -59,7 +60,7 @@ class Part(_Record):
     bytes: int
     sha256: str
     # The writer parsed these very bytes before writing them and found them consistent
-    # with the shard's other part and its planned units (`verify.shard_problems`), so
+    # with the shard's other part and its planned units (`shardcheck.shard_problems`), so
     # `verify` need not parse them again while their sha256 still matches.
     checked: bool = False
     # MD5 of the bytes (hex): what an object store's listing gives as a single PUT's ETag,
@@ -132,3 +133,8 @@ class RunRecord(_Record):
     audio_s: float = 0.0
     # Nodes that did work.
     nodes: int = 0
+
+
+def iso(ts: float) -> str:
+    """A record's timestamp: UTC, to the second (`started_at`, `finished_at`, `created_at`)."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")

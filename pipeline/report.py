@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
 
+from pipeline.index import all_markers, reported_markers
+from pipeline.ledger import read_plan, run_records
 from pipeline.quality import FLAGS
 from pipeline.records import CommitMarker
 from pipeline.schema import STATUSES
 from pipeline.store import OutputStore
-
-if TYPE_CHECKING:
-    from pipeline.commit import ShardResult
 
 
 @dataclass
@@ -61,13 +58,13 @@ def summarize(store: OutputStore, *, audio_s: float | None = None, wall_s: float
     """Counts over committed shards. `audio_s`/`wall_s`: what one run transcribed and its
     wall time; by default the totals of the runs that recorded themselves. `markers`:
     the folder's markers, if the caller has just read them (else those of the planned
-    shards, from the marker index and the markers it lacks: `OutputStore.reported_markers`;
+    shards, from the marker index and the markers it lacks: `index.reported_markers`;
     in a folder without a plan, every marker)."""
-    plan = store.read_plan()
+    plan = read_plan(store)
     if markers is None:
-        markers = store.markers() if plan is None else store.reported_markers(pc.unique(plan.column("shard")).to_pylist())
+        markers = all_markers(store) if plan is None else reported_markers(store, pc.unique(plan.column("shard")).to_pylist())
     statuses = {s: sum(m.count(s) for m in markers) for s in STATUSES}
-    runs = store.runs()
+    runs = run_records(store)
     summary = Summary(
         output=store.uri(),
         shards_planned=0 if plan is None else len(pc.unique(plan.column("shard"))),
@@ -170,31 +167,3 @@ def format_summary(s: Summary, *, this_run: bool = False) -> str:
         f"\\\"select uri, start, text from '{glob}' order by uri, start limit 5\\\"))\""
     )
     return "\n".join(lines)
-
-
-class Progress:
-    """The progress bar's figures. It moves by each finished shard's planned audio (file
-    sizes estimate it before decoding), so its total never changes and the time left is
-    the planned work left at the speed so far; the audio measured after decoding and the
-    real-time factor are shown beside it. Rescaling the total by a few early shards made
-    it swing (18 -> 36 -> 26 audio-min) and the ETA read 7:54 for a run that ended at 1:37.
-    """
-
-    def __init__(self, est_s: dict[int, float]):
-        self.est_s = est_s
-        self.total_min = round(sum(est_s.values()) / 60, 1)
-        self.shards = self.failed = 0
-        self.audio_s = 0.0
-        self.started = time.monotonic()
-
-    def add(self, result: ShardResult) -> float:
-        """Count a finished shard; returns the bar's step, in planned audio-minutes."""
-        self.shards += 1
-        self.failed += result.failed
-        self.audio_s += result.audio_s
-        return self.est_s[result.shard] / 60
-
-    def postfix(self) -> str:
-        rate = self.audio_s / max(time.monotonic() - self.started, 1e-9)
-        return (f"shards {self.shards}/{len(self.est_s)}, {self.audio_s / 60:.1f} audio-min measured, "
-                f"{rate:.1f}x RT, failed {self.failed}")

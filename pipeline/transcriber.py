@@ -1,4 +1,5 @@
-"""The one module that imports faster_whisper: audio in, plain segment dataclasses out.
+"""Audio in, plain segment dataclasses out, through faster-whisper's own loop (the model
+itself is loaded by `pipeline.engine`, the one module that imports faster-whisper).
 
 Everything else talks to `Transcriber.transcribe(audio) -> Transcript` or
 `Transcriber.transcribe_many(streams, width)`, so the orchestration can be tested with a
@@ -16,10 +17,8 @@ row is padded (bench/batching.py; tests/test_streams.py), so batching changes no
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -28,11 +27,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline.config import WhisperOptions
+from pipeline.engine import SAMPLE_RATE, WINDOW_S, load_model, seed_sampling, stacked
 from pipeline.streams import Call, Lockstep, NeedsFallback, Stream, run_streams
 
-SAMPLE_RATE = 16_000
-# Whisper's window.
-WINDOW_S = 30.0
 # The seed of the temperature fallback's sampling (see `Transcriber.transcribe`).
 SAMPLING_SEED = 0
 # Whisper's fallback thresholds (faster-whisper's defaults, passed explicitly because
@@ -108,7 +105,7 @@ class Transcriber:
         self._threads = cpu_threads
         # Files decoded again with the temperature fallback, for tests and benchmarks.
         self.resampled = 0
-        self._model = _load(model_path, options.compute_type, cpu_threads)
+        self._model = load_model(model_path, options.compute_type, cpu_threads)
         self._language_id_path = None if self.multilingual else language_id_path
         self._other: Transcriber | None = None
 
@@ -193,10 +190,8 @@ class Transcriber:
         yield from run_streams(streams, width, first_pass=first_pass, alone=alone, run_round=run_round)
 
     def _resample(self, audio: np.ndarray, deadline: float | None) -> Transcript:
-        import ctranslate2
-
-        ctranslate2.set_random_seed(SAMPLING_SEED)
-        sampler = _load(self._path, self.options.compute_type, self._threads)
+        seed_sampling(SAMPLING_SEED)
+        sampler = load_model(self._path, self.options.compute_type, self._threads)
         self.resampled += 1
         return self._decode(sampler, audio, self.options.temperature, deadline)
 
@@ -274,8 +269,6 @@ def _run_round(model, calls: list[Call]) -> None:
     <|startoftranscript|> at one position in every row, and a padded row would be
     computed differently). A call that fails in a batch is made again alone, so an error
     belongs to the stream that caused it."""
-    import ctranslate2
-
     groups: dict = {}
     for c in calls:
         groups.setdefault(c.key, []).append(c)
@@ -285,7 +278,7 @@ def _run_round(model, calls: list[Call]) -> None:
             if len(group) == 1:
                 encoded = group[0].args[0]
             else:
-                encoded = ctranslate2.StorageView.from_array(np.concatenate([np.asarray(c.args[0]) for c in group]))
+                encoded = stacked([c.args[0] for c in group])
             for c, result in zip(group, model.generate(encoded, [c.args[1] for c in group], **options)):
                 c.result = result
         except (RuntimeError, ValueError) as exc:
@@ -304,70 +297,6 @@ def _needs_fallback(s: "Segment") -> bool:
     again at the next temperature. Every segment carries its window's figures."""
     silent = s.no_speech_prob > NO_SPEECH_LIMIT and s.avg_logprob < LOGPROB_LIMIT
     return (s.compression_ratio > COMPRESSION_RATIO_LIMIT or s.avg_logprob < LOGPROB_LIMIT) and not silent
-
-
-def process_env(threads: int) -> dict[str, str]:
-    """Environment for a process that will run CTranslate2 with `threads` threads; it must
-    be set before the process starts.
-
-    With OMP_NUM_THREADS=1 (what Ray gives a 1-CPU actor) CTranslate2 4.8 computes
-    through other kernels: tiny.en decoded LDC93S1 at avg_logprob -0.4827 instead of
-    -0.4769, split JFK into two segments and, falling back, wrote "break and noise
-    speech" for "break a nice speech". Unset, 2 or 4 all gave the same results, with 1
-    or 2 intra-op threads (`cpu_threads` sets those), as does faster-whisper run by hand.
-    So never 1: the same file gives the same text on actors of any size.
-    """
-    return {"OMP_NUM_THREADS": str(max(2, threads))}
-
-
-@contextlib.contextmanager
-def child_environment(env: dict[str, str]) -> Iterator[None]:
-    """`env` in this process's environment for the block, for the processes started in
-    it (`process_env` must be there when a process starts); as it was after."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def language_codes() -> frozenset[str]:
-    """The language codes Whisper knows."""
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    return frozenset(_LANGUAGE_CODES)
-
-
-def _load(model_path: str, compute_type: str, cpu_threads: int):
-    from faster_whisper import WhisperModel
-
-    return WhisperModel(
-        model_path,
-        device="cpu",
-        compute_type=compute_type,
-        cpu_threads=cpu_threads,
-        num_workers=1,
-        local_files_only=True,
-    )
-
-
-def speech_regions(audio: np.ndarray, min_silence_ms: int = 160, pad_ms: int = 400) -> list[tuple[int, int]]:
-    """Silero VAD's speech regions of 16 kHz `audio`, as (start, end) sample offsets.
-
-    Used only to place the cuts between the windows of a long file in pauses; it never
-    decides what is transcribed.
-    """
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    if len(audio) == 0:
-        return []
-    vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=min_silence_ms, speech_pad_ms=pad_ms)
-    return [(int(r["start"]), int(r["end"])) for r in get_speech_timestamps(audio, vad)]
 
 
 def _check_deadline(deadline: float | None, message: str) -> None:
@@ -400,8 +329,3 @@ def _segment(s) -> Segment:
     )
 
 
-def download_model(name: str, cache_dir: str) -> str:
-    """Fetch a faster-whisper model by name from its hub; returns the local folder."""
-    from faster_whisper.utils import download_model as _download
-
-    return _download(name, cache_dir=cache_dir)

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ActorOptions
+
 logger = logging.getLogger(__name__)
 
 PROFILE_DIR_ENV = "BULKSCRIBE_PROFILE_DIR"
@@ -105,6 +107,33 @@ def load_profile(shape: dict[str, Any] | None = None) -> Profile | None:
         return None
 
 
+def actor_options(threads: int | None, actors: int | None, *, embedded: bool,
+                  batch_size: int | None = None) -> ActorOptions:
+    """The options asked for, the rest from this node's tuning profile (`bulkscribe
+    tune`), else the defaults. The profile's actor count applies only to an embedded
+    Ray on this very node with no --threads given; on a cluster with neither given,
+    each node's own profile applies to its actors (`per_node`). The choice is logged."""
+    if not embedded and threads is None and actors is None:
+        # This node's profile says nothing of the cluster's nodes: each reads its own.
+        logger.info("resources: on each node of the cluster, its own tuning profile (`bulkscribe tune` there), "
+                    "else one 1-thread actor per CPU; --threads and --actors override it")
+        return ActorOptions(threads=1, actors=None, per_node=True, batch_size=batch_size)
+    profile = load_profile() if threads is None or actors is None else None
+    if profile is None:
+        chosen = ActorOptions(threads=threads or 1, actors=actors, batch_size=batch_size)
+        logger.info("resources: %s, %d thread(s) each (%s)",
+                    f"{chosen.actors} actor(s)" if chosen.actors else "one actor per CPU", chosen.threads,
+                    "as asked" if threads and actors else
+                    "no tuning profile for this node: defaults; `bulkscribe tune` measures it")
+        return chosen
+    if actors is None and embedded and threads is None:
+        actors = profile.actors  # the profile measured this very node
+    threads = threads or profile.threads
+    logger.info("resources: %s, %d thread(s) each (tuning profile %s; --threads and --actors override it)",
+                f"{actors} actor(s)" if actors else f"one actor per {threads} CPU(s)", threads, profile.source)
+    return ActorOptions(threads=threads, actors=actors, batch_size=batch_size or profile.batch_size)
+
+
 def candidates(cpus: int) -> list[Profile]:
     """Threads per actor 1, 2, 4... up to the node's CPUs (actors fill the node), each with
     every batch size of BATCH_SIZES."""
@@ -114,13 +143,13 @@ def candidates(cpus: int) -> list[Profile]:
 
 def sample_clips(folder: Path, audio_s: float = SAMPLE_AUDIO_S) -> list[str]:
     """Audio files of `folder`, in name order, up to about `audio_s` seconds by size."""
-    from pipeline import inputs, plan
+    from pipeline import inputs
 
     units = inputs.expand([str(folder)])
     chosen, total = [], 0.0
     for uri, size in zip(units.column("uri").to_pylist(), units.column("size_bytes").to_pylist()):
         chosen.append(uri)
-        total += plan.estimate_audio_s(uri, size)
+        total += inputs.estimate_audio_s(uri, size)
         if total >= audio_s:
             break
     return chosen
@@ -156,7 +185,7 @@ def measure(candidate: Profile, model_path: str, whisper, clips: list[str]) -> d
         ctx.Process(target=_worker, args=(model_path, data, candidate.as_dict(), clips, start, results), daemon=True)
         for _ in range(candidate.actors)
     ]
-    from pipeline.transcriber import child_environment, process_env
+    from pipeline.engine import child_environment, process_env
 
     with child_environment(process_env(candidate.threads)):  # as an actor of this size would have it
         for p in procs:

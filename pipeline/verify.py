@@ -3,7 +3,7 @@ duplicate segment, every marker's sha256 matching its parts, and the compacted c
 that the query views read holding as many rows of each shard as its parts.
 
 `bulkscribe verify OUT` runs it; the fault tests run it after every scenario. The checks
-of one shard's rows (`shard_problems`) also run in the writer, on the bytes it is about
+of one shard's rows (`shardcheck.shard_problems`) also run in the writer, on the bytes it is about
 to write (`commit.stage_parts`): a part whose marker says so (`Part.checked`) and whose
 sha256 still matches is then not parsed again unless asked (`reparse`), since the same
 bytes give the same rows. Every part is still read and hashed, except on an object
@@ -19,25 +19,23 @@ import hashlib
 import json
 import multiprocessing
 import os
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import compact
+from pipeline.index import index_entries
+from pipeline.ledger import read_job, read_plan
+from pipeline.markers import committed_shards
+from pipeline.publish import unpublished
 from pipeline.records import CommitMarker
-from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
-from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, json_bytes, read_parquet_bytes, shard_numbers
+from pipeline.shardcheck import columns_of, concat_keys, keyed, part_keys, segment_problems
+from pipeline.store import PARALLEL_REQUESTS, TABLES, OutputStore, json_bytes, shard_numbers
 
-# The columns the checks of segments against units need; the text is not kept.
-_KEYS = {"files": ["unit_id", "segments"], "segments": ["unit_id", "segment"]}
-# Their types, for a table of no parts.
-_KEY_FIELDS = {f.name: f for f in (*FILES_SCHEMA, *SEGMENTS_SCHEMA)}
 # Shards are checked in blocks of this many, each block's key columns joined into one
 # table (10^5 small tables cost far more than their rows: 2.3 GB in all).
 BLOCK_SHARDS = 1000
@@ -77,7 +75,7 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
 
     Shards are read in blocks (`_checked_blocks`): by a process per CPU in a large local
     folder, by `store.PARALLEL_REQUESTS` requests at once in an object store. A block's
-    segments are checked against its units there (`_segment_problems`); only the unit
+    segments are checked against its units there (`segment_problems`); only the unit
     ids of its `files` parts come back, for the check across all shards, so memory grows
     with the number of units, not with the segments or their text.
 
@@ -86,15 +84,15 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         reparse: read the rows of every part, also of those their writer checked.
     """
     v = Verification()
-    plan = store.read_plan()
+    plan = read_plan(store)
     if plan is None:
         v.problems.append("no plan (_plan/ is empty): not a bulkscribe output folder, or planning never finished")
         return v
     planned_shards = set(pc.unique(plan.column("shard")).to_pylist())
     etags = _listed_etags(store, reparse)
     # The listings of the ETags are those of the markers and parts too.
-    committed = store.committed() if etags is None else _listed_shards(store, etags, "_commits")
-    indexed = store.index_entries()
+    committed = committed_shards(store) if etags is None else _listed_shards(store, etags, "_commits")
+    indexed = index_entries(store)
     shards = sorted(committed & planned_shards)
     blocks = [shards[i:i + BLOCK_SHARDS] for i in range(0, len(shards), BLOCK_SHARDS)]
     unit_ids: list[pa.ChunkedArray] = []
@@ -104,14 +102,14 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
         checked = _checked_blocks(store, blocks, indexed, reparse, stack, etags)
         v.units_planned, v.shards_planned = plan.num_rows, len(planned_shards)
         planned = _counted(plan.select(["unit_id"]), ["unit_id"])
-        for uid, n in zip(*_columns(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
+        for uid, n in zip(*columns_of(planned.filter(pc.greater(planned["n"], 1)), "unit_id", "n")):
             v.problems.append(f"unit {uid} is planned {n} times")
         v.shards_committed = len(shards)
         for shard in sorted(committed - planned_shards):
             v.problems.append(f"marker for shard {shard}, which is not in the plan")
         for shard in sorted(planned_shards - committed):
             (v.problems if require_complete else v.notes).append(f"shard {shard} is not committed")
-        for shard in sorted(store.unpublished(committed)):
+        for shard in sorted(unpublished(store, committed)):
             v.problems.append(f"shard {shard} is committed but its parts are still staged (_staged/): a commit cut "
                               "short between its marker and its parts; the next `bulkscribe run` publishes them")
         for shard in sorted(indexed.keys() - committed):  # a marker deleted by hand, to run the shard again
@@ -142,13 +140,13 @@ def verify(store: OutputStore, *, require_complete: bool = True, reparse: bool =
 
     # Every committed unit exactly once in `files`, across all shards: on Arrow tables
     # (10^6 unit ids as Python strings in a Counter took over a GB).
-    files = _concat([pa.table({"unit_id": ids}) for ids in unit_ids], ["unit_id"])
+    files = concat_keys([pa.table({"unit_id": ids}) for ids in unit_ids], ["unit_id"])
     found = _counted(files, ["unit_id"])
     v.units_found = files.num_rows
     expected = pa.table({"unit_id": committed_units}).join(found, "unit_id", join_type="left outer")
-    for uid, n in zip(*_columns(expected.filter(pc.not_equal(pc.fill_null(expected["n"], 0), 1)), "unit_id", "n")):
+    for uid, n in zip(*columns_of(expected.filter(pc.not_equal(pc.fill_null(expected["n"], 0), 1)), "unit_id", "n")):
         v.problems.append(f"unit {uid} appears {n or 0} times in files")
-    for (uid,) in zip(*_columns(found.filter(pc.invert(pc.is_in(found["unit_id"], committed_units))), "unit_id")):
+    for (uid,) in zip(*columns_of(found.filter(pc.invert(pc.is_in(found["unit_id"], committed_units))), "unit_id")):
         v.problems.append(f"unit {uid} is in files but not planned in a committed shard")
     v.problems += compact.problems(store, committed, indexed)
     return v
@@ -189,19 +187,9 @@ class _Block:
     routed: dict[int, set[str]] = field(default_factory=dict)
 
 
-def _concat(tables: list[pa.Table], columns: list[str]) -> pa.Table:
-    if not tables:
-        return pa.schema([_KEY_FIELDS[c] for c in columns]).empty_table()
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
 def _counted(table: pa.Table, keys: list[str]) -> pa.Table:
     """The distinct `keys` of `table`, with their number of rows as `n`."""
     return table.group_by(keys).aggregate([([], "count_all")]).rename_columns({"count_all": "n"})
-
-
-def _columns(table: pa.Table, *names: str) -> list[list]:
-    return [table.column(name).to_pylist() for name in names]
 
 
 def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[int, str], reparse: bool,
@@ -224,13 +212,13 @@ def _checked_blocks(store: OutputStore, blocks: list[list[int]], indexed: dict[i
 def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str], reparse: bool,
                  pool: ThreadPoolExecutor | None = None, etags: dict[str, str] | None = None) -> _Block:
     """The problems of `shards`, each on its own (`_check_shard`) and of the segments of
-    those it parsed against their units (`_segment_problems`)."""
+    those it parsed against their units (`segment_problems`)."""
     checked = list((pool.map if pool else map)(
         lambda shard: _check_shard(store, shard, indexed.get(shard), reparse, etags), shards))
     problems = [p for c in checked for p in c.problems]
     trusted = [shard for shard, c in zip(shards, checked) if c.keys is None]
-    keys = _keyed({shard: c.keys for shard, c in zip(shards, checked) if c.keys is not None})
-    problems += _segment_problems(keys["files"], keys["segments"])
+    keys = keyed({shard: c.keys for shard, c in zip(shards, checked) if c.keys is not None})
+    problems += segment_problems(keys["files"], keys["segments"])
     segments = keys["segments"].num_rows + sum(c.segments for c in checked if c.keys is None)
     routed = {shard: c.routed for shard, c in zip(shards, checked) if c.routed}
     return _Block(problems, keys["files"].column("unit_id"), segments, trusted, routed)
@@ -238,67 +226,16 @@ def _check_block(store: OutputStore, shards: list[int], indexed: dict[int, str],
 
 def _routes_to(store: OutputStore) -> set[str]:
     """The model files in other languages are routed to in this job (none, if it flags them)."""
-    job = store.read_job()
+    job = read_job(store)
     if job is None or job.fingerprint_fields.get("other_languages") != "route":
         return set()
     return {job.spec.get("language_check")}
 
 
-def _keyed(parsed: dict[int, dict[str, pa.Table]]) -> dict[str, pa.Table]:
-    """Per table, the key columns of the parts of several shards in one table, with their `shard`."""
-    keys = {}
-    for table in TABLES:
-        tables = [(shard, k[table]) for shard, k in parsed.items() if table in k]
-        keyed = _concat([t for _, t in tables], _KEYS[table]).combine_chunks()
-        counts = [t.num_rows for _, t in tables]
-        keys[table] = keyed.append_column("shard", pa.array(np.repeat([s for s, _ in tables], counts), pa.int32()))
-    return keys
-
-
-def shard_problems(shard: int, parts: dict[str, tuple[bytes, int]], unit_ids: list[str]) -> list[str]:
-    """What `verify` would find wrong in the rows of one shard's Parquet `parts` ({table:
-    (bytes, rows the marker will record)}) whose plan gives it `unit_ids`: unreadable
-    parts, other row counts, segments against units (`_segment_problems`), a files part
-    listing other units. The writer runs it on the bytes it is about to write
-    (`Part.checked`)."""
-    problems, parsed = [], {}
-    for table, (data, rows) in parts.items():
-        if (part := _part_keys(shard, table, data, rows, problems)) is not None:
-            parsed[table] = part
-    if len(parsed) < len(TABLES):
-        return problems
-    keys = _keyed({shard: parsed})
-    problems += _segment_problems(keys["files"], keys["segments"])
-    if sorted(keys["files"].column("unit_id").to_pylist()) != sorted(unit_ids):
-        problems.append(f"shard {shard}: the files part lists other units than the plan gives the shard")
-    return problems
-
-
-def _segment_problems(files: pa.Table, segments: pa.Table) -> list[str]:
-    """Segments against the units of their own shard: no segment twice, each unit's
-    count as `files` says, no segment of a unit its shard's `files` part does not list.
-    With every unit in one shard's `files` (checked across all shards), that makes the
-    segments right across all shards too. In plain Python: a block's tens of thousands
-    of rows take milliseconds, and Arrow's group_by would import pandas into every actor
-    that writes a shard (0.4 s)."""
-    problems = []
-    for (uid, seg), n in Counter(zip(*_columns(segments, "unit_id", "segment"))).items():
-        if n > 1:
-            problems.append(f"segment {seg} of unit {uid} appears {n} times")
-    per_unit = Counter(zip(*_columns(segments, "shard", "unit_id")))
-    listed = dict(zip(zip(*_columns(files, "shard", "unit_id")), files.column("segments").to_pylist()))
-    for shard, uid in sorted(per_unit.keys() - listed.keys()):
-        problems.append(f"shard {shard}: segments of unit {uid}, which its files part does not list")
-    for (shard, uid), count in listed.items():
-        if (count or 0) != per_unit[shard, uid]:
-            problems.append(f"unit {uid}: files says {count} segments, segments has {per_unit[shard, uid]}")
-    return problems
-
-
 @dataclass
 class _Shard:
     """What the check of one committed shard hands its block: its problems, the key
-    columns of its parts (`_KEYS`) for the check of segments against units, or None if
+    columns of its parts (`KEYS`) for the check of segments against units, or None if
     they were not parsed (both checked by their writer, sha256 unchanged), and then the
     number of segments its marker records."""
 
@@ -349,7 +286,7 @@ def _check_shard(store: OutputStore, shard: int, indexed: str | None, reparse: b
         return _Shard(problems, None, marker.parts["segments"].rows, routed)
     keys = {}
     for table, blob in data.items():
-        if (part := _part_keys(shard, table, blob, marker.parts[table].rows, problems)) is not None:
+        if (part := part_keys(shard, table, blob, marker.parts[table].rows, problems)) is not None:
             keys[table] = part
     return _Shard(problems, keys, routed=routed)
 
@@ -375,14 +312,3 @@ def _listed(store: OutputStore, shard: int, indexed: str | None, etags: dict[str
     return _Shard([], None, parts["segments"].rows, _routed(data.get("languages")))
 
 
-def _part_keys(shard: int, table: str, data: bytes, rows: int, problems: list[str]) -> pa.Table | None:
-    """The key columns (`_KEYS`) of one part's Parquet `data`, whose marker records `rows`
-    rows; None if it cannot be read (torn or overwritten). What is wrong goes to `problems`."""
-    try:
-        part = read_parquet_bytes(data, columns=_KEYS[table])
-    except (pa.ArrowException, OSError) as exc:
-        problems.append(f"shard {shard}: {table} part cannot be read as Parquet ({exc})")
-        return None
-    if part.num_rows != rows:
-        problems.append(f"shard {shard}: {table} part has {part.num_rows} rows, marker says {rows}")
-    return part

@@ -23,7 +23,6 @@ import pyarrow as pa
 
 from pipeline import audio, inputs
 from pipeline.durations import MIN_BYTES_PER_S, local_duration, plausible, remote_durations
-from pipeline.plan import estimate_audio_s
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def split_long(units: pa.Table, window_s: float | None, timeout_s: float = 60.0,
             rows[i] = row = {**row, "duration_s": None}
         if row.get("duration_s") is not None:
             durations[i] = row["duration_s"]
-        elif estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
+        elif inputs.estimate_audio_s(row["uri"], row["size_bytes"]) >= est_limit:
             if audio.local_path(row["uri"]) is not None:
                 local.append(i)
             elif row["size_bytes"]:
@@ -115,7 +114,7 @@ def cut(uri: str, start_s: float, end_s: float | None, storage_options: dict | N
 def seam(uri: str, nominal_s: float, storage_options: dict | None = None, timeout_s: float | None = None) -> float:
     """Where to cut near `nominal_s`: the middle of the longest silence within
     `SEAM_MARGIN_S`, else the quietest 20 ms; deterministic for the same file."""
-    from pipeline.transcriber import speech_regions
+    from pipeline.engine import speech_regions
 
     lo = max(0.0, nominal_s - SEAM_MARGIN_S)
     samples = audio.decode(uri, start_s=lo, end_s=nominal_s + SEAM_MARGIN_S,

@@ -136,7 +136,7 @@ def test_a_folder_written_before_the_channel_columns_reads_verifies_and_resumes(
 
     import pyarrow.parquet as pq
 
-    from pipeline.store import parquet_bytes
+    from pipeline.parquet import parquet_bytes
     from pipeline.verify import verify
 
     inputs = tmp_path / "in"

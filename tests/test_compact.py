@@ -14,9 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import compact
+from pipeline.index import all_markers, index_entries, unindex, update_index
+from pipeline.markers import read_marker
+from pipeline.parquet import parquet_bytes
+from pipeline.publish import write_part
 from pipeline.query import open_output
 from pipeline.records import CommitMarker
-from pipeline.store import OutputStore, parquet_bytes
+from pipeline.store import OutputStore
 
 
 def rows(folder, table: str) -> list[tuple]:
@@ -42,12 +46,12 @@ def replace_part(folder, table: str, shard: int, new: pa.Table) -> None:
     """Write a shard's part again and its marker to match, as `retry-failed` does (the
     index loses the shard first; the run's end writes it back)."""
     store = OutputStore(str(folder))
-    store.unindex([shard])
-    part = store.write_part(table, shard, new)
-    marker = store.read_marker(shard).to_json()
+    unindex(store, [shard])
+    part = write_part(store, table, shard, new)
+    marker = read_marker(store, shard).to_json()
     marker["parts"][table] = part.to_json()
     store.write_json(store.marker_path(shard), CommitMarker.from_json(marker).to_json())
-    store.update_index()
+    update_index(store)
 
 
 def test_the_command_copies_every_shard_and_the_views_give_the_same_rows(folder):
@@ -164,11 +168,11 @@ def test_a_shard_in_two_compacted_files_is_read_from_the_first_only(folder):
 
 def test_markers_index_entries_give_the_parts(folder):
     store = OutputStore(str(folder))
-    parts = compact.indexed_parts(store.index_entries())
-    for marker in store.markers():
+    parts = compact.indexed_parts(index_entries(store))
+    for marker in all_markers(store):
         for table in ("segments", "files"):
             assert parts[table][marker.shard] == marker.parts[table]
-    assert json.loads(next(iter(store.index_entries().values())))["parts"]
+    assert json.loads(next(iter(index_entries(store).values())))["parts"]
 
 
 def test_verify_checks_the_compacted_files_the_views_read(folder):

@@ -23,6 +23,9 @@ flaky_fs.register()  # the checks read flaky:// outputs from this process too
 pytestmark = pytest.mark.slow
 
 from tests.helpers import finish, markers_in, run_ok, start, wait_until
+from pipeline.ledger import run_records
+from pipeline.markers import read_marker
+from pipeline.publish import staged
 
 
 def shard_in_flight(out: Path) -> bool:
@@ -102,9 +105,9 @@ def test_driver_killed_between_marker_and_parts(corpus, reference, tmp_path):
     views = open_output(str(out))  # the staged parts their marker names, for those
     assert views.unpublished
     assert views.sql("select count(distinct unit_id) from files").fetchall()[0][0] == sum(
-        store.read_marker(s).units for s in views.committed)
+        read_marker(store, s).units for s in views.committed)
     stdout = run_ok(corpus, out)
-    assert "this run: " in stdout and not store.staged()
+    assert "this run: " in stdout and not staged(store)
     check_output(out, reference)
 
 
@@ -127,7 +130,7 @@ def test_driver_killed_mid_run_then_resumed(corpus, reference, tmp_path):
     from pipeline.store import OutputStore
 
     summary = summarize(OutputStore(str(out)))
-    runs = OutputStore(str(out)).runs()
+    runs = run_records(OutputStore(str(out)))
     assert len(runs) == 1 and summary.run_audio_s == runs[0].audio_s < summary.audio_s
     assert summary.rtfx == runs[0].audio_s / runs[0].wall_s
 

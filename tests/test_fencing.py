@@ -12,7 +12,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from pipeline import inputs, job, lease, plan
+from pipeline import commit, inputs, job, lease, plan
 from pipeline.actor import process_shard
 from pipeline.config import WhisperOptions, WorkerConfig
 from pipeline.lease import Lease, LeaseHeldError, read_lease
@@ -21,6 +21,10 @@ from pipeline.records import CommitMarker, JobRecord
 from pipeline.store import OutputStore, PlanConflictError, UnsafeStoreError, json_bytes
 from pipeline.verify import verify
 from tests.helpers import moto_server
+from pipeline.index import all_markers, index_path, indexed_markers, reported_markers, unindex, update_index, write_index
+from pipeline.ledger import append_plan, create_job, plan_parts, read_job, read_plan
+from pipeline.markers import commit_marker, read_marker
+from pipeline.publish import publish_pending, staged
 
 CLIP = "misc/LDC93S1.wav"
 
@@ -84,9 +88,9 @@ def folder(request, tmp_path):
 def _job(folder, units) -> OutputStore:
     """A job's folder with `units` planned, as `bulkscribe run` leaves it before its shards."""
     store = _store(folder)
-    store.create_job(JobRecord(output=folder[0], created_at="", spec={}, fingerprint="f" * 16,
+    create_job(store, JobRecord(output=folder[0], created_at="", spec={}, fingerprint="f" * 16,
                                fingerprint_fields={}, model={}, shard_audio_s=1e9))
-    store.append_plan(units)
+    append_plan(store, units)
     return store
 
 
@@ -140,7 +144,7 @@ def _take_over(store: OutputStore, frozen: Lease | None, monkeypatch) -> Lease:
 def _published_matches_marker(store: OutputStore, shard: int) -> bool:
     import hashlib
 
-    marker = store.read_marker(shard)
+    marker = read_marker(store, shard)
     return all(hashlib.sha256(store.read_bytes(store.part_path(t, shard))).hexdigest() == marker.parts[t].sha256
                for t in ("segments", "files"))
 
@@ -171,18 +175,18 @@ def test_a_stale_actors_late_write_never_replaces_a_committed_shard(folder, monk
         config = _config(folder, tiny_model, taker.owner)
         first = process_shard(0, units, transcriber, store, config, node="new")
         assert first.skipped is (held_write == "publication")
-        store.publish_pending()
+        publish_pending(store)
         come_back()
         retried = process_shard(0, units, transcriber, store, config, node="new", retry_failed=True)
         assert retried.committed and retried.ok == 2
-        marker = store.read_marker(0)
+        marker = read_marker(store, 0)
         held.release.set()
         assert stale.join().committed is (held_write == "publication")
-        assert store.read_marker(0) == marker  # the late write changed nothing a reader sees
+        assert read_marker(store, 0) == marker  # the late write changed nothing a reader sees
         assert _published_matches_marker(store, 0)
         assert open_output(*folder).sql("select count(*) from files where status = 'ok'").fetchall()[0] == (2,)
         assert verify(store).ok, verify(store).format()
-        assert not store.staged()
+        assert not staged(store)
     finally:
         held.release.set()
         taker.release()
@@ -215,7 +219,7 @@ def test_a_stale_driver_never_gives_a_shard_number_to_other_files(folder, tmp_pa
         shutil.copy(clip, audio / clip.name)
     first, stale_new, fresh_new = (audio / c.name for c in clips)
     store = _store(folder)
-    store.append_plan(_units([first]))
+    append_plan(store, _units([first]))
     stalled = _HeldCheck()
     stale = Background(lambda: job._extend_plan(_store(folder), inputs.expand([str(first), str(stale_new)]),
                                                 1e9, None, stalled, None))
@@ -224,7 +228,7 @@ def test_a_stale_driver_never_gives_a_shard_number_to_other_files(folder, tmp_pa
     stalled.release.set()
     with pytest.raises(PlanConflictError):
         stale.join()
-    planned = store.read_plan().to_pylist()
+    planned = read_plan(store).to_pylist()
     shards = Counter(row["shard"] for row in planned)
     assert sorted(shards.values()) == [1, 1], planned  # one file per shard number
     assert {row["uri"].rsplit("/", 1)[1] for row in planned} == {first.name, fresh_new.name}
@@ -284,17 +288,17 @@ def test_a_retry_cut_short_after_its_marker_is_read_from_its_staged_parts_then_p
     def crash(*args, **kwargs):
         raise Crash
 
-    monkeypatch.setattr(store, "publish", crash)  # the actor dies between marker and parts
+    monkeypatch.setattr(commit, "publish", crash)  # the actor dies between marker and parts
     with pytest.raises(Crash):
         process_shard(0, units, transcriber, store, _config(folder, tiny_model, None), node="n", retry_failed=True)
     monkeypatch.undo()
     reader = _store(folder)
-    assert reader.read_marker(0).count("failed") == 0 and not _published_matches_marker(reader, 0)
+    assert read_marker(reader, 0).count("failed") == 0 and not _published_matches_marker(reader, 0)
     _views_agree_with_a_marker(url, options)
     assert open_output(url, options).sql("select count(*) from files where status = 'ok'").fetchall()[0] == (2,)
     assert any("still staged" in p for p in verify(reader).problems)
-    assert reader.publish_pending() == (1, 0)  # what the next run does first
-    assert _published_matches_marker(reader, 0) and verify(reader).ok and not reader.staged()
+    assert publish_pending(reader) == (1, 0)  # what the next run does first
+    assert _published_matches_marker(reader, 0) and verify(reader).ok and not staged(reader)
 
 
 def test_an_actor_killed_between_marker_and_parts_has_them_published_by_the_next_attempt(
@@ -310,12 +314,12 @@ def test_an_actor_killed_between_marker_and_parts_has_them_published_by_the_next
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(store, "publish", killed)
+    monkeypatch.setattr(commit, "publish", killed)
     with pytest.raises(Killed):
         process_shard(0, units, transcriber, store, _config(folder, tiny_model, None), node="n")
     monkeypatch.undo()
     again = process_shard(0, units, transcriber, _store(folder), _config(folder, tiny_model, None), node="n")
-    assert again.skipped and _published_matches_marker(store, 0) and not store.staged()
+    assert again.skipped and _published_matches_marker(store, 0) and not staged(store)
     assert verify(store).ok, verify(store).format()
 
 
@@ -385,30 +389,30 @@ def _marker(shard: int, attempt: int) -> CommitMarker:
 def test_an_index_entry_that_differs_from_its_marker_is_repaired(folder):
     store = _store(folder)
     for shard in range(3):
-        store.commit(shard, _marker(shard, 1))
-    store.update_index()
-    stale_index = store.read_bytes(store.index_path())
+        commit_marker(store, shard, _marker(shard, 1))
+    update_index(store)
+    stale_index = store.read_bytes(index_path(store))
     # retry-failed replaces shard 1's marker; a stale writer's index (read before) lands after.
-    store.unindex([1])
+    unindex(store, [1])
     store.write_json(store.marker_path(1), _marker(1, 2).to_json())
-    store.update_index()
-    store.write_bytes(store.index_path(), stale_index)
-    assert store.indexed_markers()[1].attempt == 1
-    assert store.update_index()[1].attempt == 2
-    assert store.indexed_markers()[1].attempt == 2 and store.reported_markers(range(3))[1].attempt == 2
+    update_index(store)
+    store.write_bytes(index_path(store), stale_index)
+    assert indexed_markers(store)[1].attempt == 1
+    assert update_index(store)[1].attempt == 2
+    assert indexed_markers(store)[1].attempt == 2 and reported_markers(store, range(3))[1].attempt == 2
 
 
 def test_an_index_write_that_lands_after_another_is_refused(folder):
     store = _store(folder)
     for shard in range(2):
-        store.commit(shard, _marker(shard, 1))
-    read_at = store.version(store.index_path())  # None: no index yet
-    markers = store.markers()
-    store.update_index()  # another run's write
+        commit_marker(store, shard, _marker(shard, 1))
+    read_at = store.version(index_path(store))  # None: no index yet
+    markers = all_markers(store)
+    update_index(store)  # another run's write
     store.write_json(store.marker_path(1), _marker(1, 2).to_json())
-    store.update_index()
-    assert store.write_index(markers[:1], expected=read_at) is False
-    assert [m.attempt for m in store.indexed_markers().values()] == [1, 2]
+    update_index(store)
+    assert write_index(store, markers[:1], expected=read_at) is False
+    assert [m.attempt for m in indexed_markers(store).values()] == [1, 2]
 
 
 # -- the store's conditional writes ----------------------------------------------------
@@ -472,13 +476,13 @@ def test_a_conditional_request_conflict_is_retried():
 
 def test_plan_parts_and_job_records_are_created_once(folder):
     store = _store(folder)
-    parts = store.plan_parts()
-    store.append_plan(pa.table({"shard": pa.array([0], pa.int32()), "uri": ["a.wav"]}), after=parts)
+    parts = plan_parts(store)
+    append_plan(store, pa.table({"shard": pa.array([0], pa.int32()), "uri": ["a.wav"]}), after=parts)
     with pytest.raises(PlanConflictError):  # another plan from the same parts
-        store.append_plan(pa.table({"shard": pa.array([0], pa.int32()), "uri": ["b.wav"]}), after=parts)
+        append_plan(store, pa.table({"shard": pa.array([0], pa.int32()), "uri": ["b.wav"]}), after=parts)
     job = JobRecord(output=folder[0], created_at="1", spec={}, fingerprint="a", fingerprint_fields={}, model={},
                     shard_audio_s=60.0)
-    store.create_job(job)
+    create_job(store, job)
     with pytest.raises(PlanConflictError, match="another run made this folder a job"):
-        store.create_job(JobRecord(**{**job.to_json(), "fingerprint": "b"}))
-    assert store.read_job().fingerprint == "a"
+        create_job(store, JobRecord(**{**job.to_json(), "fingerprint": "b"}))
+    assert read_job(store).fingerprint == "a"

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import lease
 from pipeline.lease import Lease, LeaseHeldError
+from pipeline.ledger import append_plan, plan_parts
 from pipeline.store import OutputStore
 
 
@@ -169,8 +170,8 @@ def test_a_create_whose_answer_was_lost_is_still_this_writers(monkeypatch, tmp_p
     assert store.create_only(store.path("_commits", "000001.json"), b'{"attempt": 2}') is False  # another's
     with Lease(store) as held:  # not "in use by another bulkscribe run" naming itself
         assert json.loads(store.read_bytes(store.path("_lease.json")))["owner"] == held.owner
-        store.append_plan(pa.table({"shard": [0]}))  # no PlanConflictError
-    assert store.plan_parts() == [store.path("_plan", "part-000000.parquet")]
+        append_plan(store, pa.table({"shard": [0]}))  # no PlanConflictError
+    assert plan_parts(store) == [store.path("_plan", "part-000000.parquet")]
 
 
 def test_temporary_files_of_interrupted_writes_are_removed_by_the_next_holder(tmp_path):

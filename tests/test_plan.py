@@ -98,9 +98,9 @@ def test_the_last_shards_are_short_so_no_actor_works_on_alone():
 
 
 def test_size_estimates_by_container():
-    assert plan.estimate_audio_s("/x.wav", 320_000) == 10
-    assert plan.estimate_audio_s("/x.MP3", 160_000) == 10
-    assert plan.estimate_audio_s("/x.mp3", None) == 60
+    assert inputs.estimate_audio_s("/x.wav", 320_000) == 10
+    assert inputs.estimate_audio_s("/x.MP3", 160_000) == 10
+    assert inputs.estimate_audio_s("/x.mp3", None) == 60
 
 
 def test_units_are_grouped_by_shard_in_one_pass_keeping_their_order():

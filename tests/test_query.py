@@ -13,6 +13,7 @@ import sys
 import pyarrow.parquet as pq
 
 from pipeline.export import format_timestamp, render, target_names
+from pipeline.publish import write_part
 from pipeline.query import open_output
 
 
@@ -55,7 +56,7 @@ def test_files_parts_with_different_manifest_columns_are_matched_by_name(transcr
     pq.write_table(plan.filter(pa.compute.not_equal(plan.column("shard"), last)), copy / "_plan" / "part-000000.parquet")
     pq.write_table(later.append_column("tape", tape), copy / "_plan" / "part-000001.parquet")
     files = pq.read_table(copy / "files" / f"part-{last:06d}.parquet")
-    written = store.write_part("files", last, files.append_column("tape", pa.array(["reel 7"] * files.num_rows)))
+    written = write_part(store, "files", last, files.append_column("tape", pa.array(["reel 7"] * files.num_rows)))
     marker = json.loads((copy / "_commits" / f"{last:06d}.json").read_text())
     marker["parts"]["files"] = written.to_json()
     (copy / "_commits" / f"{last:06d}.json").write_text(json.dumps(marker))

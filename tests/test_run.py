@@ -18,6 +18,7 @@ from pipeline.job import run
 from pipeline.resume import JobMismatchError
 from pipeline.schema import FILES_SCHEMA, SEGMENTS_SCHEMA
 from tests.helpers import make_bad_files
+from pipeline.index import indexed_markers
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +133,7 @@ def test_a_lost_marker_reruns_only_its_shard_without_duplicates(finished):
     from pipeline.verify import verify
 
     store = OutputStore(str(out))
-    assert store.indexed_markers()[1].attempt == 2 and verify(store).ok
+    assert indexed_markers(store)[1].attempt == 2 and verify(store).ok
 
 
 def test_a_changed_option_is_refused(finished):
@@ -262,7 +263,7 @@ def test_retry_failed_replaces_only_the_failed_rows_once(ray_cluster, tmp_path, 
 
 def test_the_progress_total_stays_put_and_ends_full():
     from pipeline.commit import ShardResult
-    from pipeline.report import Progress
+    from pipeline.progress import Progress
 
     planned = {0: 600.0, 1: 600.0, 2: 1200.0}  # estimates from file sizes
     tally = Progress(planned)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.checks import check_output
 from tests.helpers import finish, moto_server, run_ok, start
+from pipeline.index import reported_markers, write_index
+from pipeline.markers import commit_marker, committed_shards, read_marker
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +61,10 @@ def test_endpoint_from_the_environment_and_a_marker_is_create_only(s3, reference
     assert out.sql("select count(*) from files").fetchall()[0][0] == 13
     assert out.sql("select count(distinct unit_id) from segments").fetchall()[0][0] == 13  # all hold speech
     store = OutputStore("s3://audio/out-b", {"endpoint_url": s3})
-    before = store.read_marker(0)
+    before = read_marker(store, 0)
     impostor = dataclasses.replace(before, node="impostor")
-    assert store.commit(0, impostor) is False  # If-None-Match: * refused it
-    assert store.read_marker(0) == before
+    assert commit_marker(store, 0, impostor) is False  # If-None-Match: * refused it
+    assert read_marker(store, 0) == before
 
     # Compacted, the views read one file a table instead of a part a shard.
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "compact", "s3://audio/out-b",
@@ -139,9 +141,9 @@ def test_markers_the_index_lacks_are_found_by_listing_only_their_key_ranges(s3):
 
     store = OutputStore("s3://audio/ranges", {"endpoint_url": s3})
     for shard in (5, 1005, 2999, 7001):
-        store.commit(shard, CommitMarker(shard=shard, attempt=1, node="n", parts={}, units=1, statuses={"ok": 1},
+        commit_marker(store, shard, CommitMarker(shard=shard, attempt=1, node="n", parts={}, units=1, statuses={"ok": 1},
                                          audio_s=1.0, wall_s=1.0))
-    store.write_index([store.read_marker(5), store.read_marker(7001)])
+    write_index(store, [read_marker(store, 5), read_marker(store, 7001)])
     prefixes = []
     find = store.fs.find
 
@@ -151,15 +153,15 @@ def test_markers_the_index_lacks_are_found_by_listing_only_their_key_ranges(s3):
 
     store.fs.find = counted_find
     try:
-        assert store.committed(among=[1005, 2005, 2999, 7001]) == {1005, 2999, 7001}
+        assert committed_shards(store, among=[1005, 2005, 2999, 7001]) == {1005, 2999, 7001}
         assert sorted(prefixes) == ["001", "002", "007"]
         prefixes.clear()
         # A report reads the index, and lists only the ranges of the planned shards it lacks.
-        assert [m.shard for m in store.reported_markers([5, 1005, 1006, 2999, 7001])] == [5, 1005, 2999, 7001]
+        assert [m.shard for m in reported_markers(store, [5, 1005, 1006, 2999, 7001])] == [5, 1005, 2999, 7001]
         assert sorted(prefixes) == ["001", "002"]
     finally:
         del store.fs.find
-    assert store.committed() == {5, 1005, 2999, 7001}
+    assert committed_shards(store) == {5, 1005, 2999, 7001}
 
 
 def test_verify_on_s3_reads_no_marker_or_part_whose_etag_shows_it_unchanged(s3, transcribed):

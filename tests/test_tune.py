@@ -45,7 +45,7 @@ def test_tune_measures_writes_a_profile_and_run_uses_it(tmp_path, speech_dir, mo
     assert "<- best" in tune.format_profile(profile)
 
     parse = build_parser().parse_args
-    with caplog.at_level(logging.INFO, logger="pipeline.config"):
+    with caplog.at_level(logging.INFO, logger="pipeline.tune"):
         chosen = actor_options(parse(["run", "in", "-o", "out"]))
     assert f"tuning profile {tune.profile_path()}" in caplog.text  # every run says which profile applies
     assert all(len(r["rtfx_runs"]) == tune.ROUNDS for r in profile["measurements"])

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.index import all_markers, indexed_markers, write_index
+from pipeline.publish import write_part
 from pipeline.store import OutputStore
 from pipeline.verify import verify
 
@@ -38,7 +40,7 @@ def _rewrite(out, table: str, shard: int, change, *, fix_marker: bool) -> None:
     store = OutputStore(str(out))
     path = out / table / f"part-{shard:06d}.parquet"
     new = change(pq.read_table(path))
-    written = store.write_part(table, shard, new)
+    written = write_part(store, table, shard, new)
     marker_path = out / "_commits" / f"{shard:06d}.json"
     marker = json.loads(marker_path.read_text())
     if fix_marker:
@@ -146,10 +148,10 @@ def test_a_marker_index_that_disagrees_with_the_markers(out):
     import dataclasses
 
     store = OutputStore(str(out))
-    markers = store.markers()
-    assert store.indexed_markers() == {m.shard: m for m in markers}  # the run wrote it
+    markers = all_markers(store)
+    assert indexed_markers(store) == {m.shard: m for m in markers}  # the run wrote it
     stale = dataclasses.replace(markers[0], statuses={"ok": 0, "no_speech": 0, "failed": markers[0].units})
-    store.write_index([stale, *markers[1:]])
+    write_index(store, [stale, *markers[1:]])
     assert f"shard {markers[0].shard}: the marker index" in _problems(out)
 
 
@@ -184,7 +186,7 @@ def test_parts_their_writer_checked_are_hashed_not_parsed(out, monkeypatch):
     import pipeline.verify as verifying
 
     store = OutputStore(str(out))
-    markers = store.markers()
+    markers = all_markers(store)
     assert markers and all(p.checked for m in markers for p in m.parts.values())
     parsed = []
     real = verifying.read_parquet_bytes
