@@ -267,7 +267,9 @@ def bench_overhead(hours: float, rounds: int) -> None:
                 sides[name] = run_pool(paths, busy=pool_busy)
                 busy[name].append(sum(pool_busy) / workers)
             else:
-                sides[name] = run_bulkscribe(WORK / "long", out)
+                # One unit at a time, as each pool process transcribes: what differs is
+                # the orchestration and the output's commit protocol, not the batching.
+                sides[name] = run_bulkscribe(WORK / "long", out, ["--batch-size", "1"])
                 # An actor's busy time: each shard's work (decoding, transcribing, writing
                 # and committing its parts), as its marker records it.
                 busy[name].append(sum(json.loads(p.read_text())["wall_s"] for p in (out / "_commits").glob("*.json"))

@@ -29,11 +29,14 @@ _STAGED_RE = re.compile(r"^(\d{6,})-([0-9a-f]+)\.parquet$")
 
 
 def write_part(store: OutputStore, table_name: str, shard: int, table: pa.Table) -> Part:
-    """Write one shard's part of `table_name`; returns what the marker records of it."""
+    """Write one shard's part of `table_name` in place, unstaged (a folder built by hand,
+    as tests and benchmarks build them: runs stage and publish); returns what the marker
+    records of it."""
     return write_part_bytes(store, table_name, shard, parquet_bytes(table), table.num_rows)
 
 
-def write_part_bytes(store: OutputStore, table_name: str, shard: int, data: bytes, rows: int, *, checked: bool = False) -> Part:
+def write_part_bytes(store: OutputStore, table_name: str, shard: int, data: bytes, rows: int, *,
+                     checked: bool = False) -> Part:
     """Write one shard's part of `table_name` as the Parquet `data` of `rows` rows
     (`checked`: see `Part.checked`)."""
     store.write_bytes(store.part_path(table_name, shard), data)
