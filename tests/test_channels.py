@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import audio, channels
+from pipeline import audio, channels, inputs
 from pipeline.query import open_output
 from pipeline.store import OutputStore
 from tests.checks import check_output
 from tests.helpers import finish, run_ok, start, write_wav
 from tests.wer import wer
-
-pytestmark = pytest.mark.slow
 
 LEFT, RIGHT = "misc/LDC93S1.wav", "librispeech/1089-134686-0000.flac"
 
@@ -52,8 +50,15 @@ def test_channel_counts_from_headers_and_from_ffmpeg(calls, speech_dir):
     assert audio.channels_in("Stream #0:0: Audio: pcm_mulaw, 8000 Hz, stereo, s16, 128 kb/s") == 2
     assert audio.channels_in("Stream #0:1(eng): Audio: aac (LC), 48000 Hz, 5.1(side), fltp") == 6
     assert audio.channels_in("Stream #0:0: Audio: pcm_s16le, 16000 Hz, 4 channels, s16") == 4
+    # The plan: a unit per channel of the stereo files (each its own unit id), one for the mono file.
+    units = channels.split_channels(inputs.expand([str(calls)]))
+    rows = sorted((Path(r["uri"]).name, r["channel"], r["unit_id"]) for r in units.to_pylist())
+    assert [(name, ch) for name, ch, _ in rows] == [("call.wav", 0), ("call.wav", 1), ("dual.wav", 0),
+                                                     ("dual.wav", 1), ("mono.flac", None)]
+    assert len({uid for _, _, uid in rows}) == 5
 
 
+@pytest.mark.slow
 def test_each_channel_is_its_own_utterance(split_run, references):
     out = open_output(str(split_run))
     files = {(r["uri"].rsplit("/", 1)[1], r["channel"]): r for r in
@@ -74,6 +79,7 @@ def test_each_channel_is_its_own_utterance(split_run, references):
     assert "dark suit" not in text("call.wav", 1).lower() and "greasy" not in text("call.wav", 1).lower()
 
 
+@pytest.mark.slow
 def test_a_dual_mono_file_costs_one_transcription(split_run):
     out = open_output(str(split_run))
     rows = out.sql("select channel, same_as_channel, segments, transcribe_s from files "
@@ -84,6 +90,7 @@ def test_a_dual_mono_file_costs_one_transcription(split_run):
     assert out.sql("select count(*) from segments where uri like '%/dual.wav' and channel = 1").fetchall()[0] == (0,)
 
 
+@pytest.mark.slow
 def test_the_conversation_rebuilt_by_a_query_and_by_exports(split_run, tmp_path):
     out = open_output(str(split_run))
     turns = out.sql("select channel, start, text from segments where uri like '%/call.wav' "
@@ -111,6 +118,7 @@ def test_the_conversation_rebuilt_by_a_query_and_by_exports(split_run, tmp_path)
     assert "[channel" not in Path(mono).read_text()
 
 
+@pytest.mark.slow
 def test_the_default_mixes_down(calls, tmp_path):
     out = tmp_path / "out"
     run_ok(calls, out)
@@ -118,6 +126,7 @@ def test_the_default_mixes_down(calls, tmp_path):
     assert len(rows) == 3 and all(channel is None for _, channel in rows)
 
 
+@pytest.mark.slow
 def test_channel_units_through_a_crash_and_resume(calls, split_run, tmp_path):
     out = tmp_path / "out"
     code, _, _ = finish(start(calls, out, "--channels", "split", "--shard-minutes", "0.05",
@@ -129,6 +138,7 @@ def test_channel_units_through_a_crash_and_resume(calls, split_run, tmp_path):
     assert open_output(str(out)).sql("select count(*) from files where channel is not null").fetchall()[0] == (4,)
 
 
+@pytest.mark.slow
 def test_a_folder_written_before_the_channel_columns_reads_verifies_and_resumes(calls, tmp_path, speech_dir):
     """A folder as an earlier version left it: parts without `channel` and
     `same_as_channel`, markers without `staged`."""
