@@ -5,7 +5,7 @@ objects by `pipeline.transcriber`; planning asks here for Silero VAD's speech re
 (`speech_regions`: where to cut a long file), the driver for the environment an actor's
 process needs (`process_env`) and the model hub (`download_model`). Names that
 faster-whisper keeps private (`_LANGUAGE_CODES`) are read here only, and
-tests/test_engine.py fails the day they change.
+tests/test_structure.py fails the day they change.
 """
 
 from __future__ import annotations

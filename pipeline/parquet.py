@@ -3,7 +3,7 @@
 `read_parquet_bytes` opens Arrow's `ParquetReader` (`pyarrow._parquet`) directly: it is
 what `pyarrow.parquet.ParquetFile` wraps, without the set-up that is a fifth of the time
 of reading a 30-row part. tests/test_structure.py keeps every private import of a
-dependency in its one adapter, and tests/test_store.py fails the day the reader changes.
+dependency in its one adapter, and fails the day the reader changes.
 """
 
 from __future__ import annotations
