@@ -183,14 +183,14 @@ def test_shards_checked_by_processes_report_the_same(out, monkeypatch):
 def test_parts_their_writer_checked_are_hashed_not_parsed(out, monkeypatch):
     """Every committed part of a run is marked checked by its writer: verify reads and
     hashes it but parses its rows only if its bytes changed or it is asked to."""
-    import pipeline.verify as verifying
+    import pipeline.shardcheck as checking  # verify parses a part's rows through it
 
     store = OutputStore(str(out))
     markers = all_markers(store)
     assert markers and all(p.checked for m in markers for p in m.parts.values())
     parsed = []
-    real = verifying.read_parquet_bytes
-    monkeypatch.setattr(verifying, "read_parquet_bytes", lambda *a, **k: parsed.append(a) or real(*a, **k))
+    real = checking.read_parquet_bytes
+    monkeypatch.setattr(checking, "read_parquet_bytes", lambda *a, **k: parsed.append(a) or real(*a, **k))
     trusted = verify(store)
     assert trusted.ok and not parsed and trusted.shards_reparsed == 0
     assert trusted.units_found == trusted.units_planned > 0 and trusted.segments == sum(m.parts["segments"].rows for m in markers)
