@@ -1,5 +1,5 @@
 """Commit markers: created create-only (the first commit of a shard wins), read, and
-found by listing (`committed`, `marker_versions`)."""
+found by listing (`committed_shards`, `marker_versions`)."""
 
 from __future__ import annotations
 

@@ -40,8 +40,7 @@ def write_part_bytes(store: OutputStore, table_name: str, shard: int, data: byte
     """Write one shard's part of `table_name` as the Parquet `data` of `rows` rows
     (`checked`: see `Part.checked`)."""
     store.write_bytes(store.part_path(table_name, shard), data)
-    return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked,
-                md5=hashlib.md5(data).hexdigest())
+    return _part(data, rows, checked)
 
 
 def staged_path(store: OutputStore, table_name: str, shard: int, attempt: str) -> str:
@@ -53,8 +52,7 @@ def stage_part(store: OutputStore, table_name: str, shard: int, attempt: str, da
     """Write one part of attempt `attempt` of `shard` under a name of its own; no reader
     sees it until a marker naming the attempt publishes it (`publish`)."""
     store.write_bytes(staged_path(store, table_name, shard, attempt), data)
-    return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked,
-                md5=hashlib.md5(data).hexdigest())
+    return _part(data, rows, checked)
 
 
 def publish(store: OutputStore, shard: int, attempt: str, parts: dict[str, bytes], *, first: bool = False) -> bool:
@@ -167,3 +165,9 @@ def finish_publication(store: OutputStore, shard: int, marker: CommitMarker) -> 
     if any(hashlib.sha256(blobs[t]).hexdigest() != marker.parts[t].sha256 for t in TABLES):
         return False  # not the marker's bytes: left for `verify` to report
     return publish(store, shard, marker.staged, blobs)
+
+
+def _part(data: bytes, rows: int, checked: bool) -> Part:
+    """What a marker records of a part written as `data`."""
+    return Part(rows=rows, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checked=checked,
+                md5=hashlib.md5(data).hexdigest())
